@@ -1,0 +1,254 @@
+"""The neural packet of one (class, dimension) pair and its spreads Δx, Δp.
+
+For label Y and input dimension i, every other coordinate is held at the base
+point and x_i = t runs over [a, b] (SPEC 1.2):
+
+    g(t)   = l(X_base with x_i = t, Y)            cross-entropy, optionally clipped at C
+    beta   = ∫ g² dt                              (paper Eq. 22)
+    psi    = g / sqrt(beta)                       (the neural packet, Eq. 7)
+    <x>    = ∫ t psi² dt,       sx = sqrt(∫ (t - <x>)² psi² dt)          (Δx_i)
+    psi'   = g' / sqrt(beta),   g' = ∂l/∂x_i by forward-mode AD
+    <p>    = ∫ psi psi' dt      (Eq. 12),   sp = sqrt(∫ psi'² dt - <p>²)  (Δp_i)
+
+and the exact finite-interval bound sx·sp >= |1 - B|/2 with
+B = (b - <x>) psi(b)² - (a - <x>) psi(a)².
+
+This module is pure torch: no Ray, no file formats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from raysweep import quadrature
+
+ESTIMATORS = ("gauss", "mc")
+DEFAULT_REPLICATES = 8  # independent Monte-Carlo batches behind the standard errors
+CPU_BATCH = 1024  # network inputs per forward-mode pass on the CPU
+
+
+@dataclass(frozen=True)
+class PacketStats:
+    """Per-pair packet statistics, every tensor shaped (len(dims), num_classes), float64.
+
+    ``se_sx``/``se_sp`` are standard errors for ``estimator="mc"`` and None otherwise.
+    """
+
+    sx: torch.Tensor
+    sp: torch.Tensor
+    mean_x: torch.Tensor
+    mean_p: torch.Tensor
+    beta: torch.Tensor
+    B: torch.Tensor
+    bound: torch.Tensor
+    se_sx: torch.Tensor | None = None
+    se_sp: torch.Tensor | None = None
+
+    @property
+    def product(self) -> torch.Tensor:
+        """sx·sp, the left side of the uncertainty relation."""
+        return self.sx * self.sp
+
+
+def line_losses(
+    model: nn.Module,
+    x_base: torch.Tensor,
+    dims: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    loss_clip: float | None = None,
+    batch_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss g and its slope g' = ∂l/∂x_i for every label, along coordinate lines.
+
+    Row r of ``t`` moves coordinate ``dims[r]`` of ``x_base``; each node is one
+    network input, and one forward-mode pass with tangent e_i gives the logits z
+    and dz/dx_i, hence the loss of every label at once (SPEC 1.3):
+    l_Y = log Σ_k exp(z_k) - z_Y and l_Y' = Σ_k softmax(z)_k dz_k - dz_Y.
+
+    Args:
+        model: maps (m, *x_base.shape) to logits (m, C); should be in eval mode.
+        x_base: one input, any shape.
+        dims: (D,) flat indices into x_base.
+        t: (D, n) values of the moving coordinate.
+
+    Returns:
+        (g, dg), each (D, n, C), float64.
+    """
+    shape = x_base.shape
+    flat = x_base.reshape(-1)
+    rows = dims.to(flat.device).repeat_interleave(t.shape[1])  # (D*n,)
+    values = t.reshape(-1).to(device=flat.device, dtype=flat.dtype)
+    step = batch_size or _default_batch(model, x_base)
+    g, dg = [], []
+    for start in range(0, rows.numel(), step):
+        d, v = rows[start : start + step], values[start : start + step]
+        m = d.numel()
+        idx = torch.arange(m, device=flat.device)
+        x = flat.expand(m, -1).clone()
+        x[idx, d] = v
+        tangent = torch.zeros_like(x)
+        tangent[idx, d] = 1
+        with torch.no_grad():
+            z, dz = torch.func.jvp(lambda inp: model(inp.view(m, *shape)), (x,), (tangent,))
+        gl, dgl = loss_and_slope(z, dz, loss_clip=loss_clip)
+        g.append(gl)
+        dg.append(dgl)
+    C = g[0].shape[-1]
+    return torch.cat(g).view(*t.shape, C), torch.cat(dg).view(*t.shape, C)
+
+
+def loss_and_slope(
+    z: torch.Tensor, dz: torch.Tensor, *, loss_clip: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of logits z (m, C) against every label, and its derivative along dz.
+
+    Written relative to z_Y so that a confident label keeps its tiny loss: in
+    float32, logsumexp(z) - z_Y rounds to 0 once the margin passes ~16, and
+    then beta and psi are lost. With d_Yk = z_k - z_Y (k != Y):
+        l_Y  = softplus(logsumexp_k d_Yk),   l_Y' = Σ_{k != Y} softmax(z)_k (dz_k - dz_Y).
+    Clipping at C (paper supp. footnote 1) makes l = min(l, C), l' = 0 above C.
+
+    Returns:
+        (l, l'), each (m, C), float64.
+    """
+    z, dz = z.double(), dz.double()
+    C = z.shape[-1]
+    diff = z[:, None, :] - z[:, :, None]  # (m, Y, k): z_k - z_Y
+    eye = torch.eye(C, dtype=torch.bool, device=z.device)
+    loss = nn.functional.softplus(torch.logsumexp(diff.masked_fill(eye, float("-inf")), dim=-1))
+    p = torch.softmax(z, dim=-1)[:, None, :]  # (m, 1, k)
+    slope = (p * (dz[:, None, :] - dz[:, :, None])).masked_fill(eye, 0).sum(-1)
+    if loss_clip is not None:
+        slope = torch.where(loss < loss_clip, slope, torch.zeros_like(slope))
+        loss = loss.clamp(max=loss_clip)
+    return loss, slope
+
+
+def moments(
+    t: torch.Tensor,
+    w: torch.Tensor,
+    g: torch.Tensor,
+    dg: torch.Tensor,
+    g_a: torch.Tensor,
+    g_b: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+) -> PacketStats:
+    """Packet statistics from samples of g and g' at nodes t with weights w.
+
+    Args:
+        t, w: (D, n) nodes and weights of one rule per dimension.
+        g, dg: (D, n, C) loss and slope at the nodes.
+        g_a, g_b: (D, C) loss at the interval ends.
+        a, b: (D,) interval ends.
+
+    sp is computed in centred form, sp² = ∫ (psi' - <p> psi)² dt, which equals
+    ∫ psi'² - <p>² because the rule integrates psi² to exactly 1 (beta uses the
+    same nodes); unlike the difference it cannot cancel to a negative or zero.
+    """
+    t, w = t[..., None], w[..., None]  # (D, n, 1)
+    beta = (w * g**2).sum(1)  # (D, C)
+    norm = beta.sqrt()[:, None, :]
+    psi, dpsi = g / norm, dg / norm
+    mean_x = (w * t * psi**2).sum(1)
+    sx = (w * (t - mean_x[:, None, :]) ** 2 * psi**2).sum(1).sqrt()
+    mean_p = (w * psi * dpsi).sum(1)
+    sp = (w * (dpsi - mean_p[:, None, :] * psi) ** 2).sum(1).sqrt()
+    a, b = a[:, None], b[:, None]
+    B = ((b - mean_x) * g_b**2 - (a - mean_x) * g_a**2) / beta
+    return PacketStats(sx=sx, sp=sp, mean_x=mean_x, mean_p=mean_p, beta=beta, B=B, bound=(1 - B).abs() / 2)
+
+
+def packet_stats(
+    model: nn.Module,
+    x_base: torch.Tensor,
+    dims: Sequence[int] | torch.Tensor,
+    a: float | torch.Tensor,
+    b: float | torch.Tensor,
+    *,
+    estimator: str = "gauss",
+    nodes: int = 32,
+    replicates: int = DEFAULT_REPLICATES,
+    loss_clip: float | None = None,
+    batch_size: int | None = None,
+    generator: torch.Generator | None = None,
+) -> PacketStats:
+    """Δx and Δp of every (dimension, class) pair of ``model`` around ``x_base``.
+
+    Args:
+        model: maps a batch (n, *x_base.shape) to logits (n, C). It is run in
+            eval mode (train-mode BatchNorm breaks forward-mode AD) and its
+            mode is restored afterwards.
+        x_base: the base point (mean training input, or mean feature vector).
+        dims: flat indices into x_base.
+        a, b: interval ends, floats or tensors shaped (len(dims),).
+        estimator: ``"gauss"`` (Gauss-Legendre) or ``"mc"`` (the paper's
+            uniform Monte-Carlo, with standard errors from ``replicates``
+            independent batches of nodes/replicates samples each).
+        nodes: evaluations per dimension inside (a, b); 2 more at a and b
+            give psi(a), psi(b) for the bound.
+        loss_clip: clip the loss at this constant (paper supp. footnote 1).
+        batch_size: network inputs per pass; sets the peak memory (not len(dims)).
+        generator: randomness for ``"mc"``.
+
+    Returns:
+        PacketStats with tensors shaped (len(dims), C).
+
+    Example:
+        >>> stats = packet_stats(model.eval(), x_train.mean(0), [300, 301], 0.0, 1.0)
+        >>> (stats.sx * stats.sp >= stats.bound).all()
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; supported: {', '.join(ESTIMATORS)}")
+    if estimator == "mc" and (replicates < 2 or nodes % replicates):
+        raise ValueError(f"mc needs nodes divisible by replicates >= 2, got nodes={nodes}, replicates={replicates}")
+    dims = torch.as_tensor(dims, dtype=torch.long).reshape(-1)
+    a = torch.as_tensor(a, dtype=torch.float64).expand(dims.shape).clone()
+    b = torch.as_tensor(b, dtype=torch.float64).expand(dims.shape).clone()
+    t, w = quadrature.rule(estimator, nodes, a, b, generator=generator)
+    was_training = model.training
+    model.eval()
+    try:
+        g, dg = line_losses(
+            model, x_base, dims, torch.cat([t, a[:, None], b[:, None]], 1), loss_clip=loss_clip, batch_size=batch_size
+        )
+    finally:
+        model.train(was_training)
+    g_a, g_b = g[:, -2], g[:, -1]
+    g, dg = g[:, :-2], dg[:, :-2]
+    stats = moments(t, w, g, dg, g_a, g_b, a, b)
+    if estimator == "gauss":
+        return stats
+    per = nodes // replicates
+    reps = [
+        moments(t[:, s : s + per], w[:, s : s + per] * replicates, g[:, s : s + per], dg[:, s : s + per], g_a, g_b, a, b)
+        for s in range(0, nodes, per)
+    ]
+    return dataclasses.replace(stats, se_sx=_standard_error([r.sx for r in reps]), se_sp=_standard_error([r.sp for r in reps]))
+
+
+def _standard_error(replicate_values: list[torch.Tensor]) -> torch.Tensor:
+    """Standard error of the mean of R independent replicate estimates: std / sqrt(R)."""
+    return torch.stack(replicate_values).std(0) / len(replicate_values) ** 0.5
+
+
+def _default_batch(model: nn.Module, x_base: torch.Tensor, probe: int = 64) -> int:
+    """Rows per pass. On a GPU: half the free memory over the measured cost of one row."""
+    device = x_base.device
+    if device.type != "cuda":
+        return CPU_BATCH
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    x = x_base.expand(probe, *x_base.shape).clone()
+    with torch.no_grad():
+        torch.func.jvp(model, (x,), (torch.ones_like(x),))
+    per_row = max(1, (torch.cuda.max_memory_allocated(device) - before) // probe)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(probe, min(1 << 17, free // 2 // per_row)))
