@@ -1,0 +1,116 @@
+"""`raysweep run | resume | status`: the command line.
+
+Bad input exits with status 2 and one line naming the fix; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import sys
+import warnings
+
+from raysweep import config as cfg
+from raysweep.errors import UserError
+
+_KEYS_HELP = "\n".join(
+    f"  {f.name:<13} default {f.default!r}" for f in dataclasses.fields(cfg.TrialConfig)
+)
+_EPILOG = f"""\
+overrides (key=value, applied on top of the preset; arch, dataset and seed take comma lists):
+{_KEYS_HELP}
+
+presets: {', '.join(f"{name} ({', '.join(f'{k}={v}' for k, v in values.items())})" for name, values in cfg.PRESETS.items())}
+
+examples:
+  raysweep run --preset demo
+  raysweep run --preset demo dataset=fashion-mnist data_root=/usr/share/datasets/fashion-mnist epochs=10
+  raysweep run --preset paper seed=0,1 --out runs/paper
+  raysweep status runs/paper
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raysweep",
+        description="Measure accuracy, robustness and the uncertainty spreads Δx, Δp of networks while they train.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,resume,status}")
+    run = sub.add_parser(
+        "run", help="start a sweep", epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train every (arch, dataset, seed) of the grid and measure each epoch into a run directory.",
+    )
+    run.add_argument("--preset", default="demo", choices=sorted(cfg.PRESETS), help="starting configuration (default: demo)")
+    run.add_argument("--executor", default="local", choices=cfg.EXECUTORS, help="where trials run (default: local, in-process)")
+    run.add_argument("--out", help="run directory or URI (default: runs/<preset>-<UTC time>)")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, see below")
+    resume = sub.add_parser("resume", help="continue a stopped or crashed run", description="Continue every unfinished trial of a run from its newest checkpoint.")
+    resume.add_argument("run_dir", metavar="RUN", help="the run directory")
+    status = sub.add_parser("status", help="show a run's progress", description="Each trial's epochs done and last metrics, from the run directory alone.")
+    status.add_argument("run_dir", metavar="RUN", help="the run directory")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    try:
+        return {"run": _run, "resume": _resume, "status": _status}[args.command](args)
+    except UserError as exc:
+        print(f"raysweep: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raysweep: interrupted; finished epochs are kept: continue with `raysweep resume RUN`", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from raysweep import store, sweep
+
+    overrides = cfg.parse_overrides(args.overrides)
+    sweep_config = cfg.resolve(args.preset, overrides)
+    trials = sweep_config.trials()
+    out = args.out or f"runs/{args.preset}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
+    run_store = store.RunStore(out)
+    run_store.create(sweep.manifest(sweep_config, preset=args.preset, overrides=overrides, executor=args.executor))
+    print(f"raysweep: {len(trials)} trial(s) -> {out}", flush=True)
+    sweep.run_trials(run_store, trials, progress=_say)
+    print(f"raysweep: done. Results in {out} (status: raysweep status {out})")
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from raysweep import store, sweep
+
+    run_store = store.RunStore(args.run_dir)
+    trials = sweep.trial_configs(run_store.manifest())
+    sweep.run_trials(run_store, trials, progress=_say)
+    print(f"raysweep: done. Results in {args.run_dir}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from raysweep import store, sweep
+
+    run_store = store.RunStore(args.run_dir)
+    trials = sweep.trial_configs(run_store.manifest())
+    epochs = run_store.read("epochs")
+    for trial in trials:
+        done = run_store.epochs_written(trial.name)
+        state = "done" if len(done) >= trial.epochs else ("running or stopped" if done else "not started")
+        line = f"{trial.name:<40} {state:<18} epochs {len(done)}/{trial.epochs}"
+        rows = epochs[(epochs["trial"] == trial.name) & (epochs["space"] == "pixel")]
+        if len(rows):
+            last = rows[rows["epoch"] == rows["epoch"].max()].iloc[0]
+            line += f"  test {last['test_acc']:.1%}  robust {last['robust_acc']:.1%} ({last['attack']})"
+        print(line)
+    return 0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

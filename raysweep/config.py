@@ -1,0 +1,194 @@
+"""What a run measures: frozen configs, the presets, and `key=value` overrides.
+
+A run is a grid of trials, one per (arch, dataset, seed). `arch` and `dataset`
+pair up position by position (a single value pairs with every entry of the
+other); seeds multiply the grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+
+from raysweep.errors import UserError
+
+SPACES = ("pixel", "feature")
+EXECUTORS = ("local",)
+PAPER_PGD = "pgd:eps=8/255,alpha=2/255,steps=4"  # paper Fig. 2
+MNIST_PGD = "pgd:eps=0.1,alpha=0.025,steps=4"  # paper Fig. 1
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial needs. Training fields left None take the architecture's recipe."""
+
+    arch: str = "mnist_conv3"  # built-in name or import path `package.module:Class`
+    dataset: str = "digits"  # digits | synthetic[:CxHxW] | mnist | fashion-mnist | cifar10
+    data_root: str | None = None  # folder of the standard files (None: raysweep's cache folder)
+    download: bool = True  # let torchvision download missing files where the network allows
+    seed: int = 0  # model init, data order, dimension draw, Monte-Carlo nodes
+    epochs: int = 5
+    limit_train: int | None = None  # keep the first n training images (quick runs)
+    limit_test: int | None = None  # keep the first n test images
+    # training recipe overrides (None: the architecture's documented recipe, see train.RECIPES)
+    lr: float | None = None  # peak learning rate
+    batch_size: int | None = None  # images per step
+    weight_decay: float | None = None
+    # attacks, joined by '+'; budgets in pixel units (feature space scales them, see features.py)
+    attacks: str = PAPER_PGD
+    # neural packets
+    spaces: str = "pixel,feature"  # which spaces to measure, comma-separated
+    dims: int | None = 32  # K sampled dimensions per space, drawn once per trial; None or `all`: every one
+    estimator: str = "gauss"  # gauss | mc
+    nodes: int = 32  # evaluations per dimension
+    replicates: int = 8  # Monte-Carlo batches behind the standard errors
+    loss_clip: float | None = None  # clip the loss at C (paper supp. footnote 1)
+    chunk: int = 64  # dimensions per packet task (all classes ride along)
+    # feature space (paper supp. 2.2)
+    head_epochs: int = 10  # epochs to retrain the re-initialised head on frozen features
+    # Fig. 1 material
+    embed_points: int = 512  # test points whose features are kept per epoch (0: none)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    @property
+    def name(self) -> str:
+        """Trial name: safe as one path component, unique within a grid."""
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.arch}-{self.dataset}-s{self.seed}")
+
+    @property
+    def space_list(self) -> tuple[str, ...]:
+        return tuple(s.strip() for s in self.spaces.split(",") if s.strip())
+
+    @property
+    def attack_list(self) -> tuple[str, ...]:
+        return tuple(s.strip() for s in self.attacks.split("+") if s.strip())
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.space_list if s not in SPACES]
+        if bad or not self.space_list:
+            raise UserError(f"spaces={self.spaces!r}: use a comma list of {', '.join(SPACES)}")
+        for key in ("epochs", "nodes", "replicates", "chunk", "head_epochs"):
+            if getattr(self, key) < 1:
+                raise UserError(f"{key}={getattr(self, key)}: must be at least 1")
+        for key in ("dims", "limit_train", "limit_test", "batch_size"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise UserError(f"{key}={value}: must be at least 1 (or leave it unset)")
+        if self.embed_points < 0:
+            raise UserError(f"embed_points={self.embed_points}: must be 0 or more")
+        if self.lr is not None and not self.lr > 0:
+            raise UserError(f"lr={self.lr}: must be positive")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A run: the grid of trials."""
+
+    arch: tuple[str, ...]
+    dataset: tuple[str, ...]
+    seed: tuple[int, ...]
+    trial: TrialConfig = field(default_factory=TrialConfig)  # every other field
+
+    def trials(self) -> list[TrialConfig]:
+        if len(self.arch) != len(self.dataset) and 1 not in (len(self.arch), len(self.dataset)):
+            raise UserError(
+                f"arch has {len(self.arch)} entries and dataset {len(self.dataset)}: they pair up by position, "
+                "so give both the same count, or one of them a single value"
+            )
+        n = max(len(self.arch), len(self.dataset))
+        pairs = zip(self.arch * (n // len(self.arch)), self.dataset * (n // len(self.dataset)))
+        return [dataclasses.replace(self.trial, arch=a, dataset=d, seed=s) for a, d in pairs for s in self.seed]
+
+
+PRESETS: dict[str, dict[str, str]] = {
+    # The quick demo: real handwritten digits, offline, about a minute on 2 CPU cores.
+    "demo": {
+        "arch": "mnist_conv3",
+        "dataset": "digits",
+        "seed": "0",
+        "epochs": "20",
+        "attacks": f"{MNIST_PGD}+{PAPER_PGD}",
+        "dims": "64",
+        "head_epochs": "5",
+        "embed_points": "256",
+    },
+    # The paper's three networks and settings (paper Fig. 1 and 2), packets over every dimension.
+    "paper": {
+        "arch": "mnist_conv3,cifar_conv4,resnet9",
+        "dataset": "mnist,cifar10,cifar10",
+        "seed": "0",
+        "epochs": "50",
+        "attacks": f"{PAPER_PGD}+{MNIST_PGD}",
+        "dims": "all",
+        "embed_points": "1000",
+    },
+    # A seconds-long smoke test on generated images.
+    "smoke": {
+        "arch": "mnist_conv3",
+        "dataset": "synthetic",
+        "seed": "0",
+        "epochs": "2",
+        "dims": "4",
+        "nodes": "8",
+        "head_epochs": "2",
+        "embed_points": "32",
+    },
+}
+
+GRID_KEYS = ("arch", "dataset", "seed")
+
+
+def parse_overrides(items: typing.Iterable[str]) -> dict[str, str]:
+    """`key=value` strings to a dict; unknown keys name the valid ones."""
+    valid = GRID_KEYS + tuple(f.name for f in dataclasses.fields(TrialConfig) if f.name not in GRID_KEYS)
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"override {item!r} is not key=value, e.g. epochs=10")
+        if key not in valid:
+            raise UserError(f"unknown key {key!r} in {item!r}; valid keys: {', '.join(valid)}")
+        out[key] = value.strip()
+    return out
+
+
+def resolve(preset: str, overrides: dict[str, str]) -> SweepConfig:
+    """The preset's values with the overrides on top, typed and checked."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    values = {**PRESETS[preset], **overrides}
+    hints = typing.get_type_hints(TrialConfig)
+    trial_fields = {k: _convert(k, v, hints[k]) for k, v in values.items() if k not in GRID_KEYS}
+    grid = {k: tuple(s.strip() for s in values.get(k, "").split(",") if s.strip()) for k in GRID_KEYS}
+    for key in GRID_KEYS:
+        if not grid[key]:
+            raise UserError(f"{key}= is empty: give at least one value")
+    seeds = tuple(_convert("seed", s, int) for s in grid["seed"])
+    return SweepConfig(
+        arch=grid["arch"], dataset=grid["dataset"], seed=seeds, trial=TrialConfig(**trial_fields)
+    )
+
+
+def _convert(key: str, text: str, kind: object) -> object:
+    """Parse one override by the field's type; `none`/`all` unset an optional field."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "all", ""):
+            return None
+        (kind,) = [k for k in typing.get_args(kind) if k is not type(None)]
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        return kind(text)  # type: ignore[operator]
+    except ValueError:
+        name = getattr(kind, "__name__", str(kind))
+        raise UserError(f"{key}={text!r} is not a valid {name}") from None
+
+
+def to_dict(config: SweepConfig | TrialConfig) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,275 @@
+"""One trial's epoch loop: train, evaluate, measure packets in both spaces.
+
+`Trial` is a plain class that a Ray Tune trainable wraps; it runs in-process
+for `--executor local`. The packet stage goes through a `PacketRunner`, the
+seam where Ray fans chunks of dimensions out as remote tasks. Chunks, not the
+executor, fix the Monte-Carlo seeds, so every executor returns the same rows.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from raysweep import attacks, data, features, models, train
+from raysweep.config import TrialConfig
+from raysweep.errors import UserError
+from raysweep.packets import PacketStats, packet_stats
+
+PCA_DIMS = 50  # embeddings keep this many principal components (t-SNE's usual input)
+
+
+@dataclass(frozen=True)
+class PacketTask:
+    """One chunk of dimensions of one space: everything `packet_stats` needs."""
+
+    space: str
+    model: nn.Module
+    x_base: torch.Tensor
+    dims: torch.Tensor  # (D,) flat indices
+    a: torch.Tensor  # (D,) interval starts
+    b: torch.Tensor  # (D,) interval ends
+    estimator: str
+    nodes: int
+    replicates: int
+    loss_clip: float | None
+    seed: int  # Monte-Carlo nodes of this chunk
+
+    def run(self) -> PacketStats:
+        return packet_stats(
+            self.model, self.x_base, self.dims, self.a, self.b,
+            estimator=self.estimator, nodes=self.nodes, replicates=self.replicates,
+            loss_clip=self.loss_clip, generator=torch.Generator().manual_seed(self.seed),
+        )
+
+
+PacketRunner = Callable[[Sequence[PacketTask]], list[PacketStats]]
+
+
+def run_local(tasks: Sequence[PacketTask]) -> list[PacketStats]:
+    """The in-process runner of `--executor local`."""
+    return [task.run() for task in tasks]
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int  # 1-based
+    metrics: list[dict]  # one row per (space, attack): the `epochs/` columns
+    packets: dict[str, np.ndarray]  # columns of `packets/`, one row per (space, class, dim)
+    embeddings: dict[str, np.ndarray]  # columns of `embeddings/`
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} but no CUDA device is visible: use device=cpu or device=auto")
+    return torch.device(name)
+
+
+class Trial:
+    """State of one (arch, dataset, seed) trial across epochs."""
+
+    def __init__(self, config: TrialConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.data = data.load(
+            config.dataset, config.data_root, download=config.download, device=self.device,
+            limit_train=config.limit_train, limit_test=config.limit_test,
+        )
+        self.attacks = {spec: attacks.parse_attack(spec) for spec in config.attack_list}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.model = models.build(config.arch, num_classes=self.data.num_classes).to(self.device)
+        n_features = self._check_shapes()
+        self.recipe = train.recipe_for(
+            config.arch, lr=config.lr, batch_size=config.batch_size, weight_decay=config.weight_decay
+        )
+        steps = train.steps_per_epoch(self.data.x_train.shape[0], self.recipe.batch_size) * config.epochs
+        self.optimizer, self.scheduler = train.make_optimizer(self.model, self.recipe, steps)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.x_base = self.data.x_train.mean(0)  # the paper's X_base: mean training input
+        draw = torch.Generator().manual_seed(config.seed + 7919)
+        self.dims = {
+            "pixel": _draw_dims(math.prod(self.data.shape), config.dims, draw, "pixel"),
+            "feature": _draw_dims(n_features, config.dims, draw, "feature"),
+        }
+        self.epoch = 0  # epochs completed
+
+    def _check_shapes(self) -> int:
+        """Feature count of the model on this data; a clear error if they do not fit."""
+        probe = self.data.x_train[:2]
+        try:
+            with torch.no_grad():
+                feats = self.model.features(probe).flatten(1)
+                self.model.classifier(feats)
+        except RuntimeError as exc:
+            expected = models.input_shape(self.config.arch)
+            hint = f" (it expects {'x'.join(map(str, expected))})" if expected else ""
+            raise UserError(
+                f"arch={self.config.arch}{hint} does not fit dataset={self.config.dataset} with inputs "
+                f"{'x'.join(map(str, self.data.shape))}: pick a matching arch or dataset ({str(exc).splitlines()[0]})"
+            ) from None
+        return feats.shape[1]
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "generator": self.generator.get_state(),
+            "dims": self.dims,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.dims = state["dims"]
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.config.epochs
+
+    def run_epoch(self, runner: PacketRunner = run_local) -> EpochResult:
+        """Train one epoch, then measure it. Advances `self.epoch`."""
+        cfg, d = self.config, self.data
+        epoch = self.epoch + 1
+        start = time.perf_counter()
+        train_loss = train.train_epoch(
+            self.model, self.optimizer, self.scheduler, d.x_train, d.y_train, self.recipe,
+            generator=self.generator, epoch=epoch,
+        )
+        self.model.eval()
+        # Attack randomness depends on (seed, epoch) only, so a resumed epoch repeats exactly.
+        attack_gen = torch.Generator(self.device).manual_seed(cfg.seed * 100_003 + epoch)
+        measured = {
+            "pixel": self._measure(self.model, d.x_test, 0.0, 1.0, 1.0, train_loss, attack_gen)
+        }
+        tasks = self._packet_tasks("pixel", self.model, self.x_base, 0.0, 1.0, epoch) if "pixel" in cfg.space_list else []
+        if "feature" in cfg.space_list:
+            fs = features.build(
+                self.model, d.x_train, d.y_train, d.x_test, epochs=cfg.head_epochs, seed=cfg.seed, epoch=epoch
+            )
+            measured["feature"] = self._measure(fs.head, fs.f_test, fs.lo, fs.hi, fs.scale, fs.train_loss, attack_gen)
+            tasks += self._packet_tasks("feature", fs.head, fs.f_train.mean(0), fs.lo, fs.hi, epoch)
+        results = runner(tasks)
+        _check_finite(tasks, results, epoch)
+        packets = _packet_columns(tasks, results, epoch)
+        embeddings = self._embeddings(epoch, attack_gen)
+        seconds = time.perf_counter() - start
+        metrics = [
+            {"epoch": epoch, "space": space, **row, "seconds": seconds}
+            for space, rows in measured.items() if space in cfg.space_list or space == "pixel"
+            for row in rows
+        ]
+        self.epoch = epoch
+        return EpochResult(epoch, metrics, packets, embeddings)
+
+    def _measure(self, model, x_test, lo, hi, scale, train_loss, generator) -> list[dict]:
+        """Clean and robust accuracy for each attack, with the budget in this space's units."""
+        y = self.data.y_test
+        test_acc = attacks.accuracy(model, x_test, y)
+        rows = []
+        for spec, attack in self.attacks.items():
+            scaled = attack.scaled(scale) if scale != 1.0 else attack
+            robust = attacks.robust_accuracy(model, x_test, y, scaled, lo=lo, hi=hi, generator=generator)
+            rows.append({
+                "attack": spec, "eps": scaled.eps, "alpha": scaled.alpha, "steps": scaled.steps,
+                "budget_scale": scale, "test_acc": test_acc, "robust_acc": robust, "train_loss": train_loss,
+            })
+        return rows
+
+    def _packet_tasks(self, space, model, x_base, lo, hi, epoch) -> list[PacketTask]:
+        cfg = self.config
+        dims = self.dims[space]
+        a = torch.as_tensor(lo, dtype=torch.float64).expand(x_base.numel())[dims.to(torch.as_tensor(lo).device)]
+        b = torch.as_tensor(hi, dtype=torch.float64).expand(x_base.numel())[dims.to(torch.as_tensor(hi).device)]
+        return [
+            PacketTask(
+                space, model, x_base, dims[i : i + cfg.chunk], a[i : i + cfg.chunk].cpu(), b[i : i + cfg.chunk].cpu(),
+                cfg.estimator, cfg.nodes, cfg.replicates, cfg.loss_clip,
+                seed=hash((cfg.seed, epoch, space, i)) & 0x7FFFFFFF,
+            )
+            for i in range(0, dims.numel(), cfg.chunk)
+        ]
+
+    def _embeddings(self, epoch: int, generator: torch.Generator) -> dict[str, np.ndarray]:
+        """Fig. 1 material: PCA of test features, clean and attacked, with predictions."""
+        n = min(self.config.embed_points, self.data.x_test.shape[0])
+        if n == 0 or not self.attacks:
+            return {}
+        x, y = self.data.x_test[:n], self.data.y_test[:n]
+        x_adv = next(iter(self.attacks.values())).run(self.model, x, y, generator=generator)
+        f = features.extract(self.model.features, torch.cat([x, x_adv]))
+        with torch.no_grad():
+            prob = torch.softmax(self.model.classifier(f), -1)
+        centred = f - f[:n].mean(0)
+        k = min(PCA_DIMS, *centred.shape)
+        _, _, v = torch.linalg.svd(centred[:n], full_matrices=False)
+        coords = (centred @ v[:k].T).float().cpu().numpy()  # (2n, k)
+        conf, pred = prob.max(-1)
+        return {
+            "epoch": np.full(2 * n, epoch, np.int32),
+            "kind": np.array(["clean"] * n + ["attacked"] * n),
+            "point": np.tile(np.arange(n, dtype=np.int32), 2),
+            "label": np.tile(y.cpu().numpy().astype(np.int32), 2),
+            "pred": pred.cpu().numpy().astype(np.int32),
+            "confidence": conf.cpu().numpy().astype(np.float32),
+            "coords": list(coords),
+        }
+
+
+def _draw_dims(count: int, k: int | None, generator: torch.Generator, space: str) -> torch.Tensor:
+    """K distinct dimensions out of `count`, sorted; all of them when k is None."""
+    if k is None:
+        return torch.arange(count)
+    if k > count:
+        raise UserError(f"dims={k} but the {space} space has only {count} dimensions: use dims={count} or dims=all")
+    return torch.randperm(count, generator=generator)[:k].sort().values
+
+
+def _check_finite(tasks: Sequence[PacketTask], results: Sequence[PacketStats], epoch: int) -> None:
+    """Non-finite packet values on a real interval mean the network blew up: stop, naming the epoch.
+
+    A feature that is constant over the training set has a = b and no packet; its NaN rows are kept.
+    """
+    for task, stats in zip(tasks, results, strict=True):
+        real = (task.b > task.a)[:, None]
+        if not bool(torch.isfinite(stats.sx * stats.sp)[real.expand_as(stats.sx)].all()):
+            raise UserError(
+                f"epoch {epoch}: non-finite packet values in {task.space} space (stage: packets); "
+                "the network's loss overflowed: lower the learning rate (lr=...) or set loss_clip=C"
+            )
+
+
+def _packet_columns(tasks: Sequence[PacketTask], results: Sequence[PacketStats], epoch: int) -> dict[str, np.ndarray]:
+    """Flatten per-chunk stats into `packets/` columns, one row per (space, class, dim)."""
+    columns: dict[str, list[np.ndarray]] = {}
+    for task, stats in zip(tasks, results, strict=True):
+        D, C = stats.sx.shape
+        se_missing = np.full(D * C, np.nan)
+        part = {
+            "epoch": np.full(D * C, epoch, np.int32),
+            "space": np.array([task.space] * (D * C)),
+            "class": np.tile(np.arange(C, dtype=np.int32), D),
+            "dim": task.dims.repeat_interleave(C).numpy().astype(np.int64),
+            **{k: getattr(stats, k).reshape(-1).cpu().numpy() for k in ("sx", "sp", "mean_x", "mean_p", "beta", "B", "bound")},
+            "estimator": np.array([task.estimator] * (D * C)),
+            "nodes": np.full(D * C, task.nodes, np.int32),
+            "se_sx": stats.se_sx.reshape(-1).cpu().numpy() if stats.se_sx is not None else se_missing,
+            "se_sp": stats.se_sp.reshape(-1).cpu().numpy() if stats.se_sp is not None else se_missing,
+        }
+        for key, value in part.items():
+            columns.setdefault(key, []).append(value)
+    return {k: np.concatenate(v) for k, v in columns.items()}

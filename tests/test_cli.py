@@ -1,0 +1,111 @@
+"""The command line as a user meets it: run, status, resume, --help, and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from datafiles import write_idx_dataset
+from raysweep.cli import main
+
+SMOKE = ["run", "--preset", "smoke", "limit_train=96", "limit_test=32"]
+
+
+def test_run_then_status_then_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "run")
+    assert main([*SMOKE, "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch 1/2" in printed and "epoch 2/2" in printed and "ΔX8" in printed
+    epochs = pd.read_parquet(Path(out) / "epochs")
+    assert sorted(epochs["epoch"].unique()) == [1, 2]
+    assert main(["status", out]) == 0
+    assert "done" in capsys.readouterr().out
+    assert main(["resume", out]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert pd.read_parquet(Path(out) / "epochs").equals(epochs)
+
+
+def test_resume_after_an_interrupted_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    from raysweep import sweep
+    from raysweep.config import resolve
+    from raysweep.store import RunStore
+
+    trials = resolve("smoke", {"epochs": "3", "limit_train": "96", "limit_test": "32", "estimator": "mc", "nodes": "8", "replicates": "2"}).trials()
+    straight = RunStore(str(tmp_path / "straight"))
+    straight.create({})
+    sweep.run_trials(straight, trials, progress=lambda line: None)
+
+    def stop_after_first(line: str) -> None:
+        if "epoch 1/3" in line:
+            raise KeyboardInterrupt
+
+    broken = RunStore(str(tmp_path / "broken"))
+    broken.create({})
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_trials(broken, trials, progress=stop_after_first)
+    assert broken.epochs_written(trials[0].name) == [1]
+    sweep.run_trials(broken, trials, progress=lambda line: None)
+    keys = ["trial", "epoch", "space", "class", "dim"]
+    a, b = straight.read("packets"), broken.read("packets")
+    assert not b.duplicated(keys).any()
+    pd.testing.assert_frame_equal(a, b)
+    drop = lambda f: f.drop(columns="seconds")  # noqa: E731
+    pd.testing.assert_frame_equal(drop(straight.read("epochs")), drop(broken.read("epochs")))
+
+
+def test_preset_with_dataset_override_trains_on_a_folder_of_standard_files(tmp_path: Path) -> None:
+    write_idx_dataset(tmp_path / "mnist", gz=True)
+    out = tmp_path / "run"
+    code = main(["run", "--preset", "demo", "dataset=mnist", f"data_root={tmp_path / 'mnist'}", "epochs=1", "dims=2",
+                 "download=false", "embed_points=4", "--out", str(out)])
+    assert code == 0
+    epochs = pd.read_parquet(out / "epochs")
+    assert set(epochs["dataset"]) == {"mnist"} and set(epochs["arch"]) == {"mnist_conv3"}
+
+
+BAD_INPUT = [
+    (["run", "arch=vgg"], "unknown architecture"),
+    (["run", "dataset=imagenet"], "unknown dataset"),
+    (["run", "epochs"], "not key=value"),
+    (["run", "epoch=3"], "unknown key 'epoch'"),
+    (["run", "epochs=-1"], "epochs=-1: must be at least 1"),
+    (["run", "dataset=mnist", "download=false", "data_root={tmp}/empty"], "pass data_root=DIR"),
+    (["run", "arch=collections:OrderedDict"], "name an nn.Module class with 'features' and 'classifier'"),
+    (["run", "arch=torch.nn:Identity"], "must have nn.Module attributes 'features' and 'classifier'"),
+    (["run", "arch=cifar_conv4"], "does not fit dataset=digits"),
+    (["run", "dims=100000"], "dims=100000 but the pixel space has only 784"),
+    (["run", "--preset", "demo", "seed=a"], "seed='a' is not a valid int"),
+    (["run", "attacks=pgd:eps=-1,alpha=1,steps=1"], "eps"),
+    (["run", "--out", "{tmp}/afile"], "is a file"),
+    (["status", "{tmp}"], "not a raysweep run"),
+    (["resume", "{tmp}/nowhere"], "not a raysweep run"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
+def test_bad_input_exits_2_with_one_line_naming_the_fix(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "afile").write_text("not a directory")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if argv[0] == "run" and "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("raysweep: error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert (tmp_path / "afile").read_text() == "not a directory"
+
+
+def test_console_script_prints_help_and_no_traceback_on_bad_input(tmp_path: Path) -> None:
+    exe = [sys.executable, "-m", "raysweep.cli"]
+    for sub in ([], ["run"], ["resume"], ["status"]):
+        shown = subprocess.run([*exe, *sub, "--help"], capture_output=True, text=True, check=True)
+        assert "usage: raysweep" in shown.stdout
+    bad = subprocess.run([*exe, "run", "arch=nope", "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1

@@ -1,0 +1,99 @@
+"""The run directory: whole files, replaced epochs, checkpoints, names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from raysweep.config import TrialConfig
+from raysweep.errors import UserError
+from raysweep.store import SCHEMAS, RunStore, check_name
+from raysweep.trial import Trial
+
+CONFIG = TrialConfig(dataset="synthetic", epochs=2, dims=3, nodes=4, head_epochs=1, embed_points=8, limit_train=128, limit_test=32)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RunStore:
+    s = RunStore(str(tmp_path / "run"))
+    s.create({"trials": {}})
+    return s
+
+
+def test_epochs_written_are_readable_with_the_contract_columns(store: RunStore) -> None:
+    trial = Trial(CONFIG)
+    for _ in range(2):
+        store.write_epoch(CONFIG, trial.run_epoch())
+    for table in ("epochs", "packets", "embeddings"):
+        frame = pd.read_parquet(Path(store.root) / table)
+        assert list(frame.columns) == SCHEMAS[table].names
+        assert set(frame["trial"]) == {CONFIG.name}
+        assert sorted(frame["epoch"].unique()) == [1, 2]
+    assert store.epochs_written(CONFIG.name) == [1, 2]
+
+
+def test_rewriting_an_epoch_replaces_its_rows(store: RunStore) -> None:
+    trial = Trial(CONFIG)
+    result = trial.run_epoch()
+    store.write_epoch(CONFIG, result)
+    store.write_epoch(CONFIG, result)
+    packets = store.read("packets")
+    assert len(packets) == 2 * 3 * 10
+    assert not packets.duplicated(["trial", "epoch", "space", "class", "dim"]).any()
+
+
+def test_leftover_temporary_files_are_not_read(store: RunStore) -> None:
+    store.write_epoch(CONFIG, Trial(CONFIG).run_epoch())
+    folder = Path(store.root) / "packets" / CONFIG.name
+    (folder / ".epoch-0002.parquet.tmp-dead").write_bytes(b"half a file")
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["epoch-0001.parquet"]
+    assert store.read("packets")["epoch"].unique().tolist() == [1]
+
+
+def test_files_carry_the_trial_config_in_their_schema_metadata(store: RunStore) -> None:
+    store.write_epoch(CONFIG, Trial(CONFIG).run_epoch())
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(Path(store.root) / "epochs" / CONFIG.name / "epoch-0001.parquet").metadata
+    assert json.loads(meta[b"raysweep.trial"])["dataset"] == "synthetic"
+
+
+def test_checkpoints_round_trip_with_weights_only_and_keep_two(store: RunStore) -> None:
+    trial = Trial(CONFIG)
+    for epoch in (1, 2, 3):
+        store.save_checkpoint(CONFIG.name, epoch, {"epoch": epoch, "w": torch.ones(2) * epoch, "g": trial.generator.get_state()})
+    assert store.load_checkpoint(CONFIG.name)["epoch"] == 3
+    assert len(list((Path(store.root) / "checkpoints" / CONFIG.name).glob("*.pt"))) == 2
+    assert store.load_checkpoint("another-trial") is None
+
+
+def test_empty_dataset_reads_as_empty_frame_with_columns(store: RunStore) -> None:
+    assert list(store.read("packets").columns) == SCHEMAS["packets"].names
+
+
+def test_creating_over_a_run_a_file_or_a_foreign_folder_is_refused(tmp_path: Path, store: RunStore) -> None:
+    with pytest.raises(UserError, match="already holds a run: continue it with `raysweep resume"):
+        RunStore(store.uri).create({})
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        RunStore(str(tmp_path / "file")).create({})
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="non-empty directory that is not a run"):
+        RunStore(str(tmp_path / "other")).create({})
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_a_folder_without_manifest_is_not_a_run(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="is not a raysweep run"):
+        RunStore(str(tmp_path)).manifest()
+
+
+@pytest.mark.parametrize("name", ["..", "a/b", "../x", "", ".hidden", "a b"])
+def test_names_that_could_leave_the_run_directory_are_refused(name: str) -> None:
+    with pytest.raises(UserError, match="not allowed"):
+        check_name(name)

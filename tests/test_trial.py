@@ -1,0 +1,131 @@
+"""The trial loop on synthetic data: rows, determinism, resume, and its errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from raysweep.config import MNIST_PGD, PAPER_PGD, TrialConfig
+from raysweep.errors import UserError
+from raysweep.trial import EpochResult, Trial
+
+TINY = TrialConfig(
+    arch="mnist_conv3", dataset="synthetic", epochs=2, dims=4, nodes=8, head_epochs=1, embed_points=16,
+    limit_train=192, limit_test=64, attacks=f"{PAPER_PGD}+{MNIST_PGD}", chunk=3,
+)
+
+
+def run(config: TrialConfig) -> list[EpochResult]:
+    trial = Trial(config)
+    return [trial.run_epoch() for _ in range(config.epochs)]
+
+
+def assert_same_results(left: list[EpochResult], right: list[EpochResult]) -> None:
+    for a, b in zip(left, right, strict=True):
+        strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+        assert strip(a.metrics) == strip(b.metrics)
+        assert a.packets.keys() == b.packets.keys()
+        for key in a.packets:
+            np.testing.assert_array_equal(a.packets[key], b.packets[key], err_msg=key)
+        for key in ("pred", "label", "kind"):
+            np.testing.assert_array_equal(a.embeddings[key], b.embeddings[key])
+
+
+def test_epoch_yields_a_row_per_space_and_attack_and_a_packet_per_pair() -> None:
+    results = run(TINY)
+    for result in results:
+        assert [(m["space"], m["attack"]) for m in result.metrics] == [
+            (s, a) for s in ("pixel", "feature") for a in (PAPER_PGD, MNIST_PGD)
+        ]
+        assert len(result.packets["sx"]) == 2 * 4 * 10  # spaces x K x classes
+        assert all(m["robust_acc"] <= m["test_acc"] for m in result.metrics)
+        assert len(result.embeddings["coords"]) == 2 * 16  # clean and attacked points
+    feature = [m for m in results[0].metrics if m["space"] == "feature"]
+    assert feature[0]["eps"] == pytest.approx(8 / 255 * feature[0]["budget_scale"])
+
+
+def real_pairs(packets: dict[str, np.ndarray]) -> np.ndarray:
+    """Rows with a packet; a feature constant over the training set (a = b) has none: beta = 0, NaN."""
+    real = packets["beta"] > 0
+    assert np.all(packets["space"][~real] == "feature")
+    assert np.all(np.isnan(packets["sx"][~real]))
+    assert real.mean() > 0.5
+    return real
+
+
+def test_every_pair_satisfies_the_finite_interval_bound() -> None:
+    for result in run(TINY):
+        p = result.packets
+        real = real_pairs(p)
+        assert np.all((p["sx"] * p["sp"] >= p["bound"] - 1e-6)[real])
+
+
+def test_dimensions_are_drawn_once_and_reused_every_epoch() -> None:
+    first, second = run(TINY)
+    np.testing.assert_array_equal(first.packets["dim"], second.packets["dim"])
+    assert len(np.unique(first.packets["dim"][first.packets["space"] == "pixel"])) == 4
+
+
+def test_same_seed_gives_the_same_rows_and_another_seed_does_not() -> None:
+    assert_same_results(run(TINY), run(TINY))
+    other = run(dataclasses.replace(TINY, seed=1))
+    assert not np.array_equal(other[0].packets["dim"], run(TINY)[0].packets["dim"])
+
+
+def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run() -> None:
+    config = dataclasses.replace(TINY, estimator="mc", nodes=16, replicates=4)
+    straight = run(config)
+    first = Trial(config)
+    results = [first.run_epoch()]
+    state = first.state_dict()
+    resumed = Trial(config)
+    resumed.load_state_dict(state)
+    results.append(resumed.run_epoch())
+    assert_same_results(straight, results)
+    assert resumed.done
+
+
+def test_monte_carlo_rows_carry_standard_errors() -> None:
+    (result, _) = run(dataclasses.replace(TINY, estimator="mc", nodes=16, replicates=4))
+    real = real_pairs(result.packets)
+    assert np.all(result.packets["se_sx"][real] > 0) and np.all(np.isfinite(result.packets["se_sp"][real]))
+    assert set(result.packets["estimator"]) == {"mc"}
+
+
+def test_pixel_only_runs_skip_the_feature_space() -> None:
+    (result, _) = run(dataclasses.replace(TINY, spaces="pixel"))
+    assert {m["space"] for m in result.metrics} == {"pixel"}
+    assert set(result.packets["space"]) == {"pixel"}
+
+
+def test_all_dimensions_when_dims_is_unset() -> None:
+    config = dataclasses.replace(TINY, dataset="synthetic:1x28x28", dims=None, spaces="pixel", epochs=1, nodes=4)
+    (result,) = run(config)
+    assert len(result.packets["sx"]) == 28 * 28 * 10
+
+
+def test_more_dims_than_the_space_has_names_the_limit() -> None:
+    with pytest.raises(UserError, match="dims=5000 but the pixel space has only 784 dimensions"):
+        Trial(dataclasses.replace(TINY, dims=5000))
+
+
+def test_architecture_that_does_not_fit_the_data_names_both() -> None:
+    with pytest.raises(UserError, match="arch=cifar_conv4 \\(it expects 3x32x32\\) does not fit dataset=synthetic"):
+        Trial(dataclasses.replace(TINY, arch="cifar_conv4"))
+
+
+def test_nan_loss_stops_with_the_epoch_and_stage() -> None:
+    trial = Trial(TINY)
+    trial.run_epoch()
+    trial.data.x_train[5, 0, 3, 3] = float("nan")
+    with pytest.raises(UserError, match=r"^epoch 2: the train loss became nan \(stage: train\); lower the learning rate"):
+        trial.run_epoch()
+    assert trial.epoch == 1  # the finished epoch stands
+
+
+def test_unknown_attack_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="unknown or malformed attack .cw:eps=1.: write it as"):
+        Trial(dataclasses.replace(TINY, attacks="cw:eps=1"))
