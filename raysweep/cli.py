@@ -10,9 +10,13 @@ import dataclasses
 import datetime
 import sys
 import warnings
+from typing import TYPE_CHECKING
 
 from raysweep import config as cfg
 from raysweep.errors import UserError
+
+if TYPE_CHECKING:
+    from raysweep.store import RunStore
 
 _KEYS_HELP = "\n".join(
     f"  {f.name:<13} default {f.default!r}" for f in dataclasses.fields(cfg.TrialConfig)
@@ -80,21 +84,24 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resume(args: argparse.Namespace) -> int:
+def _open_run(path: str) -> tuple[RunStore, list[cfg.TrialConfig]]:
     from raysweep import store, sweep
 
-    run_store = store.RunStore(args.run_dir)
-    trials = sweep.trial_configs(run_store.manifest())
+    run_store = store.RunStore(path)
+    return run_store, sweep.trial_configs(run_store.manifest())
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from raysweep import sweep
+
+    run_store, trials = _open_run(args.run_dir)
     sweep.run_trials(run_store, trials, progress=_say)
     print(f"raysweep: done. Results in {args.run_dir}")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    from raysweep import store, sweep
-
-    run_store = store.RunStore(args.run_dir)
-    trials = sweep.trial_configs(run_store.manifest())
+    run_store, trials = _open_run(args.run_dir)
     epochs = run_store.read("epochs")
     for trial in trials:
         done = run_store.epochs_written(trial.name)

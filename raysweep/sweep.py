@@ -15,6 +15,7 @@ import platform
 import subprocess
 from typing import Callable
 
+import pandas as pd
 import torch
 
 from raysweep import __version__, aggregates
@@ -80,8 +81,6 @@ def epoch_line(config: TrialConfig, result: EpochResult) -> str:
         first.setdefault(row["space"], row)
     spreads = {}
     if result.packets:
-        import pandas as pd
-
         frame = pd.DataFrame(result.packets).assign(trial=config.name)
         spreads = aggregates.headline(frame).set_index("space").to_dict("index")
     for space, row in first.items():

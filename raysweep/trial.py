@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -199,7 +200,7 @@ class Trial:
             PacketTask(
                 space, model, x_base, dims[i : i + cfg.chunk], a[i : i + cfg.chunk].cpu(), b[i : i + cfg.chunk].cpu(),
                 cfg.estimator, cfg.nodes, cfg.replicates, cfg.loss_clip,
-                seed=hash((cfg.seed, epoch, space, i)) & 0x7FFFFFFF,
+                seed=_chunk_seed(cfg.seed, epoch, space, i),
             )
             for i in range(0, dims.numel(), cfg.chunk)
         ]
@@ -228,6 +229,11 @@ class Trial:
             "confidence": conf.cpu().numpy().astype(np.float32),
             "coords": list(coords),
         }
+
+
+def _chunk_seed(seed: int, epoch: int, space: str, start: int) -> int:
+    """Seed of one packet chunk, the same in every process (Python's str hash is salted per process)."""
+    return zlib.crc32(f"{seed}/{epoch}/{space}/{start}".encode())
 
 
 def _draw_dims(count: int, k: int | None, generator: torch.Generator, space: str) -> torch.Tensor:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,6 +90,24 @@ def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run() -> None:
     results.append(resumed.run_epoch())
     assert_same_results(straight, results)
     assert resumed.done
+
+
+def test_monte_carlo_nodes_are_the_same_in_another_process() -> None:
+    # Chunk seeds must not depend on Python's per-process hash salt, or a resumed run or a
+    # Ray worker would draw other nodes than the process that started the trial.
+    script = (
+        "import dataclasses, sys; sys.path.insert(0, 'tests'); from test_trial import TINY, run; "
+        "r = run(dataclasses.replace(TINY, epochs=1, estimator='mc', nodes=16, replicates=4, spaces='pixel'))[0]; "
+        "print(repr(r.packets['sx'].tolist()))"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": salt}, cwd=Path(__file__).parents[1],
+        ).stdout
+        for salt in ("1", "2")
+    }
+    assert len(outputs) == 1
 
 
 def test_monte_carlo_rows_carry_standard_errors() -> None:
