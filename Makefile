@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/raysweep run --preset demo --executor local
+	$(BIN)/raysweep run --preset demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -6,10 +6,10 @@ Bad input exits with status 2 and one line naming the fix; bugs keep their trace
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import sys
-import warnings
 from typing import TYPE_CHECKING
 
 from raysweep import config as cfg
@@ -46,11 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train every (arch, dataset, seed) of the grid and measure each epoch into a run directory.",
     )
     run.add_argument("--preset", default="demo", choices=sorted(cfg.PRESETS), help="starting configuration (default: demo)")
-    run.add_argument("--executor", default="local", choices=cfg.EXECUTORS, help="where trials run (default: local, in-process)")
+    run.add_argument(
+        "--executor", default="ray", choices=cfg.EXECUTORS,
+        help="ray: Ray Tune trials with packet tasks (default); local: in-process, no Ray",
+    )
+    run.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
     run.add_argument("--out", help="run directory or URI (default: runs/<preset>-<UTC time>)")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, see below")
     resume = sub.add_parser("resume", help="continue a stopped or crashed run", description="Continue every unfinished trial of a run from its newest checkpoint.")
     resume.add_argument("run_dir", metavar="RUN", help="the run directory")
+    resume.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
     status = sub.add_parser("status", help="show a run's progress", description="Each trial's epochs done and last metrics, from the run directory alone.")
     status.add_argument("run_dir", metavar="RUN", help="the run directory")
     return parser
@@ -58,7 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
     try:
         return {"run": _run, "resume": _resume, "status": _status}[args.command](args)
     except UserError as exc:
@@ -77,11 +81,33 @@ def _run(args: argparse.Namespace) -> int:
     trials = sweep_config.trials()
     out = args.out or f"runs/{args.preset}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
     run_store = store.RunStore(out)
-    run_store.create(sweep.manifest(sweep_config, preset=args.preset, overrides=overrides, executor=args.executor))
-    print(f"raysweep: {len(trials)} trial(s) -> {out}", flush=True)
-    sweep.run_trials(run_store, trials, progress=_say)
+    run_store.check_new()
+    sweep.preflight(trials)
+    with _cluster(args.executor, args.address):  # connect first: a dead address leaves no half-made run
+        run_store.create(sweep.manifest(sweep_config, preset=args.preset, overrides=overrides, executor=args.executor))
+        print(f"raysweep: {len(trials)} trial(s), executor {args.executor} -> {out}", flush=True)
+        _execute(args.executor, run_store, trials, address=args.address, resume=False)
     print(f"raysweep: done. Results in {out} (status: raysweep status {out})")
     return 0
+
+
+def _cluster(executor: str, address: str | None) -> contextlib.AbstractContextManager:
+    if executor == "local":
+        return contextlib.nullcontext()
+    from raysweep import raycluster
+
+    return raycluster.session(address)
+
+
+def _execute(executor: str, run_store: RunStore, trials: list[cfg.TrialConfig], *, address: str | None, resume: bool) -> None:
+    if executor == "local":
+        from raysweep import sweep
+
+        sweep.run_trials(run_store, trials, progress=_say)
+        return
+    from raysweep import tuner
+
+    (tuner.resume if resume else tuner.run)(run_store, trials, address=address)
 
 
 def _open_run(path: str) -> tuple[RunStore, list[cfg.TrialConfig]]:
@@ -92,10 +118,13 @@ def _open_run(path: str) -> tuple[RunStore, list[cfg.TrialConfig]]:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from raysweep import sweep
-
     run_store, trials = _open_run(args.run_dir)
-    sweep.run_trials(run_store, trials, progress=_say)
+    executor = run_store.manifest().get("executor", "local")
+    if all(len(run_store.epochs_written(t.name)) >= t.epochs for t in trials):
+        print(f"raysweep: {args.run_dir} is already finished; nothing to do")
+        return 0
+    with _cluster(executor, args.address):
+        _execute(executor, run_store, trials, address=args.address, resume=True)
     print(f"raysweep: done. Results in {args.run_dir}")
     return 0
 

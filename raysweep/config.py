@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from raysweep.errors import UserError
 
 SPACES = ("pixel", "feature")
-EXECUTORS = ("local",)
+EXECUTORS = ("ray", "local")
 PAPER_PGD = "pgd:eps=8/255,alpha=2/255,steps=4"  # paper Fig. 2
 MNIST_PGD = "pgd:eps=0.1,alpha=0.025,steps=4"  # paper Fig. 1
 
@@ -52,6 +52,10 @@ class TrialConfig:
     # Fig. 1 material
     embed_points: int = 512  # test points whose features are kept per epoch (0: none)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch CPU threads per process (None: torch's default); pin it for bitwise-equal reruns
+    # Ray executor: each trial reserves its own bundle plus `workers` bundles for its packet tasks
+    workers: int = 1  # packet-task bundles per trial
+    gpus: float | None = None  # GPU share of each bundle (None: 1/(workers+1) where the cluster has GPUs, else 0)
 
     @property
     def name(self) -> str:
@@ -70,10 +74,10 @@ class TrialConfig:
         bad = [s for s in self.space_list if s not in SPACES]
         if bad or not self.space_list:
             raise UserError(f"spaces={self.spaces!r}: use a comma list of {', '.join(SPACES)}")
-        for key in ("epochs", "nodes", "replicates", "chunk", "head_epochs"):
+        for key in ("epochs", "nodes", "replicates", "chunk", "head_epochs", "workers"):
             if getattr(self, key) < 1:
                 raise UserError(f"{key}={getattr(self, key)}: must be at least 1")
-        for key in ("dims", "limit_train", "limit_test", "batch_size"):
+        for key in ("dims", "limit_train", "limit_test", "batch_size", "threads"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise UserError(f"{key}={value}: must be at least 1 (or leave it unset)")
@@ -81,6 +85,8 @@ class TrialConfig:
             raise UserError(f"embed_points={self.embed_points}: must be 0 or more")
         if self.lr is not None and not self.lr > 0:
             raise UserError(f"lr={self.lr}: must be positive")
+        if self.gpus is not None and not 0 <= self.gpus <= 1:
+            raise UserError(f"gpus={self.gpus}: a bundle's GPU share lies in [0, 1]")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ This module is pure torch: no Ray, no file formats.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -94,7 +95,9 @@ def line_losses(
         x[idx, d] = v
         tangent = torch.zeros_like(x)
         tangent[idx, d] = 1
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch.func's forward mode trips torch's own jit-deprecation warning; it is not ours to act on
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
             z, dz = torch.func.jvp(lambda inp: model(inp.view(m, *shape)), (x,), (tangent,))
         gl, dgl = loss_and_slope(z, dz, loss_clip=loss_clip)
         g.append(gl)
@@ -209,8 +212,8 @@ def packet_stats(
     if estimator == "mc" and (replicates < 2 or nodes % replicates):
         raise ValueError(f"mc needs nodes divisible by replicates >= 2, got nodes={nodes}, replicates={replicates}")
     dims = torch.as_tensor(dims, dtype=torch.long).reshape(-1)
-    a = torch.as_tensor(a, dtype=torch.float64).expand(dims.shape).clone()
-    b = torch.as_tensor(b, dtype=torch.float64).expand(dims.shape).clone()
+    a = torch.as_tensor(a, dtype=torch.float64, device=x_base.device).expand(dims.shape).clone()
+    b = torch.as_tensor(b, dtype=torch.float64, device=x_base.device).expand(dims.shape).clone()
     t, w = quadrature.rule(estimator, nodes, a, b, generator=generator)
     was_training = model.training
     model.eval()

@@ -80,6 +80,11 @@ class RunStore:
         self.uri = uri
         self.root = self.root.rstrip("/")
 
+    @property
+    def location(self) -> str:
+        """Where the run lives, for other processes: an absolute local path or the URI as given."""
+        return self.root if isinstance(self.fs, pafs.LocalFileSystem) else self.uri
+
     # -- manifest -----------------------------------------------------------------
     @property
     def manifest_path(self) -> str:
@@ -89,6 +94,12 @@ class RunStore:
         return self.fs.get_file_info(self.manifest_path).type == pafs.FileType.File
 
     def create(self, manifest: dict) -> None:
+        self.check_new()
+        self.fs.create_dir(self.root, recursive=True)
+        self._write_bytes(self.manifest_path, json.dumps(manifest, indent=2, default=str).encode())
+
+    def check_new(self) -> None:
+        """Refuse a path that is a file, an existing run, or a folder of something else."""
         info = self.fs.get_file_info(self.root)
         if info.type == pafs.FileType.File:
             raise UserError(f"--out {self.uri} is a file: give a directory path for the run")
@@ -96,8 +107,6 @@ class RunStore:
             raise UserError(f"{self.uri} already holds a run: continue it with `raysweep resume {self.uri}` or choose another --out")
         if info.type == pafs.FileType.Directory and self.fs.get_file_info(pafs.FileSelector(self.root)):
             raise UserError(f"--out {self.uri} is a non-empty directory that is not a run: choose an empty or new path")
-        self.fs.create_dir(self.root, recursive=True)
-        self._write_bytes(self.manifest_path, json.dumps(manifest, indent=2, default=str).encode())
 
     def manifest(self) -> dict:
         if not self.exists():

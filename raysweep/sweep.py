@@ -55,11 +55,19 @@ def trial_configs(run_manifest: dict) -> list[TrialConfig]:
     return [TrialConfig(**cfg) for cfg in run_manifest["trials"].values()]
 
 
+def preflight(trials: list[TrialConfig]) -> None:
+    """Build every trial once on the CPU so that bad input fails here, before any cluster work."""
+    for config in trials:
+        Trial(dataclasses.replace(config, device="cpu", limit_train=64, limit_test=16))
+
+
 def run_trials(
     store: RunStore, trials: list[TrialConfig], *, runner: PacketRunner = run_local, progress: Progress = print
 ) -> None:
     """Run every trial to its last epoch, resuming each from its newest checkpoint."""
     for config in trials:
+        if config.threads:
+            torch.set_num_threads(config.threads)
         trial = Trial(config)
         state = store.load_checkpoint(config.name)
         if state is not None:

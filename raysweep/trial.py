@@ -43,11 +43,17 @@ class PacketTask:
     seed: int  # Monte-Carlo nodes of this chunk
 
     def run(self) -> PacketStats:
-        return packet_stats(
+        """The chunk's statistics, on the device of its tensors, returned on the CPU."""
+        stats = packet_stats(
             self.model, self.x_base, self.dims, self.a, self.b,
             estimator=self.estimator, nodes=self.nodes, replicates=self.replicates,
             loss_clip=self.loss_clip, generator=torch.Generator().manual_seed(self.seed),
         )
+        return PacketStats(**{k: v.cpu() if v is not None else None for k, v in stats.__dict__.items()})
+
+    def to(self, device: torch.device | str) -> PacketTask:
+        """The same chunk with its model and tensors on `device` (the model is moved, not copied)."""
+        return replace(self, model=self.model.to(device), x_base=self.x_base.to(device))
 
 
 PacketRunner = Callable[[Sequence[PacketTask]], list[PacketStats]]

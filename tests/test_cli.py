@@ -12,7 +12,7 @@ import pytest
 from datafiles import write_idx_dataset
 from raysweep.cli import main
 
-SMOKE = ["run", "--preset", "smoke", "limit_train=96", "limit_test=32"]
+SMOKE = ["run", "--preset", "smoke", "--executor", "local", "limit_train=96", "limit_test=32"]
 
 
 def test_run_then_status_then_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -60,7 +60,7 @@ def test_resume_after_an_interrupted_run_loses_and_doubles_nothing(tmp_path: Pat
 def test_preset_with_dataset_override_trains_on_a_folder_of_standard_files(tmp_path: Path) -> None:
     write_idx_dataset(tmp_path / "mnist", gz=True)
     out = tmp_path / "run"
-    code = main(["run", "--preset", "demo", "dataset=mnist", f"data_root={tmp_path / 'mnist'}", "epochs=1", "dims=2",
+    code = main(["run", "--preset", "demo", "--executor", "local", "dataset=mnist", f"data_root={tmp_path / 'mnist'}", "epochs=1", "dims=2",
                  "download=false", "embed_points=4", "--out", str(out)])
     assert code == 0
     epochs = pd.read_parquet(out / "epochs")
@@ -93,7 +93,7 @@ def test_bad_input_exits_2_with_one_line_naming_the_fix(
     (tmp_path / "afile").write_text("not a directory")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     if argv[0] == "run" and "--out" not in argv:
-        argv += ["--out", str(tmp_path / "out")]
+        argv += ["--executor", "local", "--out", str(tmp_path / "out")]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("raysweep: error: ") and err.count("\n") == 1, err

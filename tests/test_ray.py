@@ -1,0 +1,140 @@
+"""The sweep on a local Ray with 2 CPUs: Tune trials, packet tasks, faults, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray
+
+from raysweep import sweep, tuner
+from raysweep.cli import main
+from raysweep.config import resolve
+from raysweep.store import RunStore
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+# threads=1 everywhere: float32 results depend on the CPU thread count, and Ray's workers get one.
+GRID = {"seed": "0,1", "epochs": "2", "limit_train": "128", "limit_test": "32", "dims": "6", "chunk": "2",
+        "threads": "1", "estimator": "mc", "nodes": "8", "replicates": "2"}
+KEYS = {"packets": ["trial", "epoch", "space", "class", "dim"], "epochs": ["trial", "epoch", "space", "attack"]}
+
+
+@pytest.fixture(scope="module")
+def ray_2_cpus(tmp_path_factory: pytest.TempPathFactory):
+    marker = tmp_path_factory.mktemp("fault") / "killed-once"
+    os.environ["RAYSWEEP_TEST_MARKER"] = str(marker)  # Ray's workers inherit it (see tests/faulty.py)
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield marker
+    ray.shutdown()
+
+
+def ray_processes(title: str) -> list[int]:
+    """Pids of this machine's processes whose title (Ray sets it to `ray::<what runs>`) starts with `title`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(title.encode()):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def local_run(tmp_path: Path, overrides: dict[str, str]) -> RunStore:
+    store = RunStore(str(tmp_path / "local"))
+    store.create({})
+    sweep.run_trials(store, resolve("smoke", overrides).trials(), progress=lambda line: None)
+    return store
+
+
+def assert_same_rows(expected: RunStore, got: RunStore) -> None:
+    for table, keys in KEYS.items():
+        a, b = expected.read(table), got.read(table)
+        assert not b.duplicated(keys).any(), f"doubled {table} rows"
+        if table == "epochs":
+            a, b = a.drop(columns="seconds"), b.drop(columns="seconds")
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def test_two_trial_grid_on_ray_equals_the_local_executor(ray_2_cpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ray"
+    argv = ["run", "--preset", "smoke", "--out", str(out), *(f"{k}={v}" for k, v in GRID.items())]
+    assert main(argv) == 0
+    ray_store = RunStore(str(out))
+    assert set(ray_store.read("epochs")["trial"]) == {"mnist_conv3-synthetic-s0", "mnist_conv3-synthetic-s1"}
+    assert_same_rows(local_run(tmp_path, GRID), ray_store)
+    assert main(["status", str(out)]) == 0
+
+
+def test_packet_task_whose_worker_dies_is_retried_and_rows_are_whole(ray_2_cpus: Path, tmp_path: Path) -> None:
+    overrides = {**GRID, "seed": "0", "arch": "faulty:KillOnceInTask"}
+    store = RunStore(str(tmp_path / "ray"))
+    store.create({})
+    tuner.run(store, resolve("smoke", overrides).trials())
+    assert ray_2_cpus.exists(), "the fault was never injected"
+    assert_same_rows(local_run(tmp_path, overrides), store)
+
+
+def test_trial_whose_actor_is_killed_restarts_from_its_checkpoint(ray_2_cpus: Path, tmp_path: Path) -> None:
+    overrides = {**GRID, "seed": "0", "epochs": "3", "limit_train": "512", "limit_test": "128"}
+    store = RunStore(str(tmp_path / "ray"))
+    store.create({})
+    trials = resolve("smoke", overrides).trials()
+    killed: list[int] = []
+
+    def kill_trial_after_first_epoch() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not store.epochs_written(trials[0].name):
+            time.sleep(0.05)
+        for pid in ray_processes("ray::ImplicitFunc"):  # Tune's actor for a function trainable
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    killer = threading.Thread(target=kill_trial_after_first_epoch)
+    killer.start()
+    tuner.run(store, trials)
+    killer.join()
+    assert killed, "no trial actor was killed"
+    assert_same_rows(local_run(tmp_path, overrides), store)
+
+
+def test_resume_after_the_driver_is_killed_finishes_the_run(ray_2_cpus: Path, tmp_path: Path) -> None:
+    overrides = {**GRID, "seed": "0", "epochs": "4"}
+    out = tmp_path / "ray"
+    cli = [sys.executable, "-m", "raysweep.cli"]
+    driver = subprocess.Popen(
+        [*cli, "run", "--preset", "smoke", "--out", str(out), *(f"{k}={v}" for k, v in overrides.items())],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ""},
+    )
+    store = RunStore(str(out))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (store.exists() and store.epochs_written("mnist_conv3-synthetic-s0")):
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert len(store.epochs_written("mnist_conv3-synthetic-s0")) < 4, "the driver finished before it was killed"
+    resumed = subprocess.run([*cli, "resume", str(out)], capture_output=True, text=True, env={**os.environ, "RAY_ADDRESS": ""}, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert store.epochs_written("mnist_conv3-synthetic-s0") == [1, 2, 3, 4]
+    assert_same_rows(local_run(tmp_path, overrides), store)
+    again = subprocess.run([*cli, "resume", str(out)], capture_output=True, text=True, timeout=120)
+    assert "already finished" in again.stdout
+
+
+def test_unreachable_address_is_a_one_line_error_and_writes_nothing(tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "raysweep.cli", "run", "--preset", "smoke", "--out", str(tmp_path / "r")]
+    for argv, env in ((["--address", "127.0.0.1:1"], {}), ([], {"RAY_ADDRESS": "127.0.0.1:1"})):
+        done = subprocess.run([*cli, *argv], capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+        assert done.returncode == 2
+        assert done.stderr.startswith("raysweep: error: cannot reach a Ray cluster at '127.0.0.1:1'")
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+        assert not (tmp_path / "r").exists()
