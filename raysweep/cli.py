@@ -23,6 +23,7 @@ _KEYS_HELP = "\n".join(
 )
 _EPILOG = f"""\
 overrides (key=value, applied on top of the preset; arch, dataset and seed take comma lists):
+  storage       the run directory: a path or a pyarrow filesystem URI (same as --out)
 {_KEYS_HELP}
 
 presets: {', '.join(f"{name} ({', '.join(f'{k}={v}' for k, v in values.items())})" for name, values in cfg.PRESETS.items())}
@@ -31,6 +32,7 @@ examples:
   raysweep run --preset demo
   raysweep run --preset demo dataset=fashion-mnist data_root=/usr/share/datasets/fashion-mnist epochs=10
   raysweep run --preset paper seed=0,1 --out runs/paper
+  raysweep run --preset paper storage=s3://bucket/runs/paper --address auto
   raysweep status runs/paper
 """
 
@@ -79,7 +81,9 @@ def _run(args: argparse.Namespace) -> int:
     overrides = cfg.parse_overrides(args.overrides)
     sweep_config = cfg.resolve(args.preset, overrides)
     trials = sweep_config.trials()
-    out = args.out or f"runs/{args.preset}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
+    if args.out and overrides.get("storage") and args.out != overrides["storage"]:
+        raise UserError(f"--out {args.out} and storage={overrides['storage']} disagree: give one of them")
+    out = args.out or overrides.get("storage") or f"runs/{args.preset}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
     run_store = store.RunStore(out)
     run_store.check_new()
     sweep.preflight(trials)

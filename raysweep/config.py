@@ -145,11 +145,12 @@ PRESETS: dict[str, dict[str, str]] = {
 }
 
 GRID_KEYS = ("arch", "dataset", "seed")
+RUN_KEYS = ("storage",)  # where the run directory lives (a path or a pyarrow filesystem URI); same as --out
 
 
 def parse_overrides(items: typing.Iterable[str]) -> dict[str, str]:
     """`key=value` strings to a dict; unknown keys name the valid ones."""
-    valid = GRID_KEYS + tuple(f.name for f in dataclasses.fields(TrialConfig) if f.name not in GRID_KEYS)
+    valid = GRID_KEYS + RUN_KEYS + tuple(f.name for f in dataclasses.fields(TrialConfig) if f.name not in GRID_KEYS)
     out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -166,7 +167,7 @@ def resolve(preset: str, overrides: dict[str, str]) -> SweepConfig:
     """The preset's values with the overrides on top, typed and checked."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    values = {**PRESETS[preset], **overrides}
+    values = {k: v for k, v in {**PRESETS[preset], **overrides}.items() if k not in RUN_KEYS}
     hints = typing.get_type_hints(TrialConfig)
     trial_fields = {k: _convert(k, v, hints[k]) for k, v in values.items() if k not in GRID_KEYS}
     grid = {k: tuple(s.strip() for s in values.get(k, "").split(",") if s.strip()) for k in GRID_KEYS}

@@ -37,7 +37,7 @@ def connect(address: str | None = None, *, dashboard_host: str = "127.0.0.1", nu
         _probe(address)
     kwargs: dict = {"log_to_driver": True, "configure_logging": False}
     if address is None:
-        kwargs.update(dashboard_host=dashboard_host, include_dashboard=False, num_cpus=num_cpus)
+        kwargs.update(dashboard_host=dashboard_host, num_cpus=num_cpus)
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:

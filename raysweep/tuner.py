@@ -48,8 +48,9 @@ def resources(config: TrialConfig, cluster_has_gpus: bool) -> tune.PlacementGrou
 def trainable(params: dict) -> None:
     """Tune's function trainable: params = {"trial": TrialConfig fields, "run": run URI, "task_gpus": float}."""
     config = TrialConfig(**params["trial"])
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    # The task bundles idle while the trial trains (it waits on its tasks in the packet stage), so by
+    # default training uses every CPU of the trial's placement group, not Ray's one-per-bundle.
+    torch.set_num_threads(config.threads or int(1 + config.workers))
     store = RunStore(params["run"])
     try:
         trial = Trial(config)
@@ -58,7 +59,9 @@ def trainable(params: dict) -> None:
             with checkpoint.as_directory() as folder:
                 state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
             trial.load_state_dict(state)
-        runner = RayRunner(cpus=1, gpus=params["task_gpus"], threads=config.threads)
+        # While its tasks run the trial only waits, so its CPU goes to them too.
+        task_threads = config.threads or max(1, (1 + config.workers) // config.workers)
+        runner = RayRunner(cpus=1, gpus=params["task_gpus"], threads=task_threads)
         while not trial.done:
             result = trial.run_epoch(runner)
             store.write_epoch(config, result)

@@ -109,3 +109,33 @@ def test_console_script_prints_help_and_no_traceback_on_bad_input(tmp_path: Path
     bad = subprocess.run([*exe, "run", "arch=nope", "--out", str(tmp_path / "r")], capture_output=True, text=True)
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_storage_key_takes_a_filesystem_uri(tmp_path: Path) -> None:
+    uri = (tmp_path / "by-uri").as_uri()  # file:///...
+    assert main([*SMOKE, "epochs=1", f"storage={uri}"]) == 0
+    assert (tmp_path / "by-uri" / "manifest.json").exists()
+    assert set(pd.read_parquet(tmp_path / "by-uri" / "packets")["epoch"]) == {1}
+
+
+def test_jobs_entry_point_smoke_test_runs(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "jobs" / "sweep.py"), "--smoke-test", "--executor", "local", "--out", str(tmp_path / "j")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "epoch 2/2" in done.stdout
+
+
+def test_local_ray_dashboard_binds_to_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from raysweep import raycluster
+
+    seen: dict = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    raycluster.connect()
+    assert seen["dashboard_host"] == "127.0.0.1" and seen["address"] is None
