@@ -48,7 +48,7 @@ SCHEMAS = {
     ]),
     "packets": pa.schema([
         ("trial", pa.string()), ("epoch", pa.int32()), ("space", pa.string()), ("class", pa.int32()),
-        ("dim", pa.int64()), ("sx", pa.float64()), ("sp", pa.float64()), ("mean_x", pa.float64()),
+        ("dim", pa.int64()), ("a", pa.float64()), ("b", pa.float64()), ("sx", pa.float64()), ("sp", pa.float64()), ("mean_x", pa.float64()),
         ("mean_p", pa.float64()), ("beta", pa.float64()), ("B", pa.float64()), ("bound", pa.float64()),
         ("estimator", pa.string()), ("nodes", pa.int32()), ("se_sx", pa.float64()), ("se_sp", pa.float64()),
     ]),
