@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="raysweep",
         description="Measure accuracy, robustness and the uncertainty spreads Δx, Δp of networks while they train.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,resume,status}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,resume,status,figures}")
     run = sub.add_parser(
         "run", help="start a sweep", epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train every (arch, dataset, seed) of the grid and measure each epoch into a run directory.",
@@ -60,13 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
     status = sub.add_parser("status", help="show a run's progress", description="Each trial's epochs done and last metrics, from the run directory alone.")
     status.add_argument("run_dir", metavar="RUN", help="the run directory")
+    figures = sub.add_parser(
+        "figures", help="draw the paper's figures and the trade-off report",
+        description="Fig. 1, Fig. 2 and a trade-off report (Markdown and CSV) from the Parquet outputs alone.",
+    )
+    figures.add_argument("runs", nargs="+", metavar="RUN", help="one or more run directories (several: compared)")
+    figures.add_argument("--out", help="output folder (default: RUN/figures of the first run)")
+    figures.add_argument("--format", default="png", choices=("png", "svg", "pdf"), help="figure file format (default: png)")
+    figures.add_argument("--epochs", default="1,21,41", help="epochs of the class-8 panels of Fig. 1 (default: 1,21,41)")
+    figures.add_argument("--no-tsne", action="store_true", help="skip Fig. 1 (its t-SNE takes seconds per epoch)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": _run, "resume": _resume, "status": _status}[args.command](args)
+        return {"run": _run, "resume": _resume, "status": _status, "figures": _figures}[args.command](args)
     except UserError as exc:
         print(f"raysweep: error: {exc}", file=sys.stderr)
         return 2
@@ -145,6 +154,27 @@ def _status(args: argparse.Namespace) -> int:
             last = rows[rows["epoch"] == rows["epoch"].max()].iloc[0]
             line += f"  test {last['test_acc']:.1%}  robust {last['robust_acc']:.1%} ({last['attack']})"
         print(line)
+    return 0
+
+
+def _figures(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from raysweep import figures, report, results
+
+    try:
+        chosen = [int(e) for e in args.epochs.split(",") if e.strip()]
+    except ValueError:
+        raise UserError(f"--epochs {args.epochs!r}: give comma-separated epoch numbers, e.g. 1,21,41") from None
+    loaded = results.load(args.runs)
+    out = Path(args.out or Path(args.runs[0]) / "figures")
+    for note in loaded.notes:
+        print(f"raysweep: note: {note}", file=sys.stderr)
+    written = report.write(loaded, out) + figures.fig2(loaded, out, args.format)
+    if not args.no_tsne:
+        written += figures.fig1(loaded, out, args.format, chosen)
+    for path in written:
+        print(path)
     return 0
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from raysweep.errors import UserError
 
 SPACES = ("pixel", "feature")
+ESTIMATORS = ("auto", "piecewise", "gauss", "mc")
 EXECUTORS = ("ray", "local")
 PAPER_PGD = "pgd:eps=8/255,alpha=2/255,steps=4"  # paper Fig. 2
 MNIST_PGD = "pgd:eps=0.1,alpha=0.025,steps=4"  # paper Fig. 1
@@ -42,7 +43,7 @@ class TrialConfig:
     # neural packets
     spaces: str = "pixel,feature"  # which spaces to measure, comma-separated
     dims: int | None = 32  # K sampled dimensions per space, drawn once per trial; None or `all`: every one
-    estimator: str = "gauss"  # gauss | mc
+    estimator: str = "auto"  # auto (piecewise for ReLU/MaxPool nets, else gauss) | piecewise | gauss | mc
     nodes: int = 32  # evaluations per dimension
     replicates: int = 8  # Monte-Carlo batches behind the standard errors
     loss_clip: float | None = None  # clip the loss at C (paper supp. footnote 1)
@@ -81,6 +82,8 @@ class TrialConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise UserError(f"{key}={value}: must be at least 1 (or leave it unset)")
+        if self.estimator not in ESTIMATORS:
+            raise UserError(f"estimator={self.estimator!r}: use one of {', '.join(ESTIMATORS)}")
         if self.embed_points < 0:
             raise UserError(f"embed_points={self.embed_points}: must be 0 or more")
         if self.lr is not None and not self.lr > 0:

@@ -33,6 +33,8 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel; mean and std are buffers, not parameters."""
 
+    piecewise_affine = True  # affine: the piecewise packet estimator may walk through it
+
     mean: torch.Tensor
     std: torch.Tensor
 

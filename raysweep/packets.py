@@ -28,7 +28,9 @@ from torch import nn
 
 from raysweep import quadrature
 
-ESTIMATORS = ("gauss", "mc")
+ESTIMATORS = ("gauss", "mc", "piecewise")
+PIECE_NODES = 8  # Gauss nodes per sub-piece of a linear piece (piecewise)
+PIECE_SPREAD = 4.0  # sub-pieces keep the spread of logit changes within this (piecewise)
 DEFAULT_REPLICATES = 8  # independent Monte-Carlo batches behind the standard errors
 CPU_BATCH = 1024  # network inputs per forward-mode pass on the CPU
 
@@ -49,6 +51,7 @@ class PacketStats:
     bound: torch.Tensor
     se_sx: torch.Tensor | None = None
     se_sp: torch.Tensor | None = None
+    evaluations: torch.Tensor | None = None  # (len(dims),) network evaluations per dimension (piecewise)
 
     @property
     def product(self) -> torch.Tensor:
@@ -209,6 +212,8 @@ def packet_stats(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; supported: {', '.join(ESTIMATORS)}")
+    if estimator == "piecewise":
+        return _piecewise_stats(model, x_base, dims, a, b, loss_clip=loss_clip)
     if estimator == "mc" and (replicates < 2 or nodes % replicates):
         raise ValueError(f"mc needs nodes divisible by replicates >= 2, got nodes={nodes}, replicates={replicates}")
     dims = torch.as_tensor(dims, dtype=torch.long).reshape(-1)
@@ -234,6 +239,61 @@ def packet_stats(
         for s in range(0, nodes, per)
     ]
     return dataclasses.replace(stats, se_sx=_standard_error([r.sx for r in reps]), se_sp=_standard_error([r.sp for r in reps]))
+
+
+def _piecewise_stats(
+    model: nn.Module, x_base: torch.Tensor, dims, a, b, *, loss_clip: float | None
+) -> PacketStats:
+    """Packets from the exact linear pieces of a ReLU/MaxPool net (see `piecewise`).
+
+    Each piece's logits are exactly affine in t, so g and g' are closed-form there;
+    pieces are cut into sub-pieces over which no logit difference changes by more
+    than PIECE_SPREAD, each integrated with PIECE_NODES Gauss-Legendre nodes.
+    """
+    from raysweep import piecewise
+
+    dims = torch.as_tensor(dims, dtype=torch.long).reshape(-1)
+    a = torch.as_tensor(a, dtype=torch.float64, device=x_base.device).expand(dims.shape).clone()
+    b = torch.as_tensor(b, dtype=torch.float64, device=x_base.device).expand(dims.shape).clone()
+    was_training = model.training
+    model.eval()
+    try:
+        pieces = piecewise.walk(model, x_base, dims, a, b)
+    finally:
+        model.train(was_training)
+    D, P, C = pieces.z.shape
+    length = (pieces.end - pieces.start).clamp(min=0)  # (D, P); padding has length 0
+    spread = (pieces.v.amax(-1) - pieces.v.amin(-1)).abs()
+    cuts = (length * spread / PIECE_SPREAD).ceil().clamp(1, 64).long()  # sub-pieces per piece
+    # One row per sub-piece: which line and piece, and its interval.
+    owner = torch.arange(D * P, device=a.device).repeat_interleave(cuts.reshape(-1))
+    k = torch.arange(owner.numel(), device=a.device) - (cuts.reshape(-1).cumsum(0) - cuts.reshape(-1)).repeat_interleave(cuts.reshape(-1))
+    h = (length.reshape(-1) / cuts.reshape(-1))[owner]
+    lo = pieces.start.reshape(-1)[owner] + k * h
+    t, w = quadrature.rule("gauss", PIECE_NODES, lo, lo + h)  # (S, Q)
+    z = pieces.z.reshape(D * P, C)[owner][:, None, :] + (t - pieces.at.reshape(-1)[owner][:, None])[..., None] * pieces.v.reshape(D * P, C)[owner][:, None, :]
+    v = pieces.v.reshape(D * P, C)[owner][:, None, :].expand_as(z)
+    g, dg = loss_and_slope(z.reshape(-1, C), v.reshape(-1, C), loss_clip=loss_clip)
+    # Back to (D, nodes) per line, padding with zero weights.
+    line = owner // P
+    per_line = torch.bincount(line, minlength=D) * PIECE_NODES
+    n = int(per_line.max())
+    slot = (torch.arange(owner.numel(), device=a.device) - (torch.bincount(line, minlength=D).cumsum(0) - torch.bincount(line, minlength=D))[line])
+    cols = (slot[:, None] * PIECE_NODES + torch.arange(PIECE_NODES, device=a.device)).reshape(-1)
+    rows = line.repeat_interleave(PIECE_NODES)
+    T = torch.zeros(D, n, dtype=torch.float64, device=a.device)
+    W, G, DG = torch.zeros_like(T), torch.zeros(D, n, C, dtype=torch.float64, device=a.device), None
+    DG = torch.zeros_like(G)
+    T[rows, cols], W[rows, cols] = t.reshape(-1), w.reshape(-1)
+    G[rows, cols], DG[rows, cols] = g.view(-1, C), dg.view(-1, C)
+    last = (pieces.count - 1).clamp(min=0)
+    ends = torch.arange(D, device=a.device)
+    z_a = pieces.z[:, 0] + (a - pieces.at[:, 0])[:, None] * pieces.v[:, 0]
+    z_b = pieces.z[ends, last] + (b - pieces.at[ends, last])[:, None] * pieces.v[ends, last]
+    g_a, _ = loss_and_slope(z_a, pieces.v[:, 0], loss_clip=loss_clip)
+    g_b, _ = loss_and_slope(z_b, pieces.v[ends, last], loss_clip=loss_clip)
+    stats = moments(T, W, G, DG, g_a, g_b, a, b)
+    return dataclasses.replace(stats, evaluations=pieces.evaluations.cpu())
 
 
 def _standard_error(replicate_values: list[torch.Tensor]) -> torch.Tensor:

@@ -139,16 +139,25 @@ class RunStore:
             pq.write_table(arrow, sink)
             self._write_bytes(self._epoch_path(table, name, result.epoch, "parquet"), sink.getvalue().to_pybytes())
 
-    def read(self, table: str, trials: Iterable[str] | None = None) -> pd.DataFrame:
-        """One dataset as a DataFrame (empty, with the contract's columns, if nothing is written yet)."""
+    def read(self, table: str) -> pd.DataFrame:
+        """One dataset as a DataFrame with the contract's columns (empty if nothing is written yet).
+
+        Raises UserError if the files lack contract columns (not written by this raysweep).
+        """
         base = f"{self.root}/{table}"
+        schema = SCHEMAS[table]
         if self.fs.get_file_info(base).type != pafs.FileType.Directory:
-            return SCHEMAS[table].empty_table().to_pandas()
-        dataset = ds.dataset(base, filesystem=self.fs, format="parquet", schema=SCHEMAS[table])
-        frame = dataset.to_table().to_pandas()
-        if trials is not None:
-            frame = frame[frame["trial"].isin(list(trials))]
-        return frame.sort_values([c for c in ("trial", "epoch", "space", "attack", "class", "dim", "kind", "point") if c in frame]).reset_index(drop=True)
+            return schema.empty_table().to_pandas()
+        dataset = ds.dataset(base, filesystem=self.fs, format="parquet")
+        missing = [c for c in schema.names if c not in dataset.schema.names]
+        if missing:
+            raise UserError(
+                f"{self.uri}/{table} lacks the columns {', '.join(missing)}: it was not written by this raysweep; "
+                "re-run it or point at another run"
+            )
+        frame = dataset.to_table(columns=schema.names).cast(schema).to_pandas()
+        keys = [c for c in ("trial", "epoch", "space", "attack", "class", "dim", "kind", "point") if c in frame]
+        return frame.sort_values(keys).reset_index(drop=True)
 
     def epochs_written(self, trial: str) -> list[int]:
         """Epochs whose `epochs/` file exists for this trial."""

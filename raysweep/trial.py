@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from raysweep import attacks, data, features, models, train
+from raysweep import attacks, data, features, models, piecewise, train
 from raysweep.config import TrialConfig
 from raysweep.errors import UserError
 from raysweep.packets import PacketStats, packet_stats
@@ -200,12 +200,13 @@ class Trial:
     def _packet_tasks(self, space, model, x_base, lo, hi, epoch) -> list[PacketTask]:
         cfg = self.config
         dims = self.dims[space]
+        estimator = cfg.estimator if cfg.estimator != "auto" else _auto_estimator(model)
         a = torch.as_tensor(lo, dtype=torch.float64).expand(x_base.numel())[dims.to(torch.as_tensor(lo).device)]
         b = torch.as_tensor(hi, dtype=torch.float64).expand(x_base.numel())[dims.to(torch.as_tensor(hi).device)]
         return [
             PacketTask(
                 space, model, x_base, dims[i : i + cfg.chunk], a[i : i + cfg.chunk].cpu(), b[i : i + cfg.chunk].cpu(),
-                cfg.estimator, cfg.nodes, cfg.replicates, cfg.loss_clip,
+                estimator, cfg.nodes, cfg.replicates, cfg.loss_clip,
                 seed=_chunk_seed(cfg.seed, epoch, space, i),
             )
             for i in range(0, dims.numel(), cfg.chunk)
@@ -235,6 +236,15 @@ class Trial:
             "confidence": conf.cpu().numpy().astype(np.float32),
             "coords": list(coords),
         }
+
+
+def _auto_estimator(model: nn.Module) -> str:
+    """piecewise where the net is ReLU/MaxPool (exact pieces), gauss where it is smooth or unknown."""
+    try:
+        piecewise.check_supported(model)
+    except ValueError:
+        return "gauss"
+    return "piecewise"
 
 
 def _chunk_seed(seed: int, epoch: int, space: str, start: int) -> int:
@@ -280,7 +290,9 @@ def _packet_columns(tasks: Sequence[PacketTask], results: Sequence[PacketStats],
             "b": task.b.repeat_interleave(C).numpy(),
             **{k: getattr(stats, k).reshape(-1).cpu().numpy() for k in ("sx", "sp", "mean_x", "mean_p", "beta", "B", "bound")},
             "estimator": np.array([task.estimator] * (D * C)),
-            "nodes": np.full(D * C, task.nodes, np.int32),
+            # piecewise: the network evaluations each dimension took; otherwise the rule's nodes
+            "nodes": (stats.evaluations.repeat_interleave(C).numpy().astype(np.int32) if stats.evaluations is not None
+                      else np.full(D * C, task.nodes, np.int32)),
             "se_sx": stats.se_sx.reshape(-1).cpu().numpy() if stats.se_sx is not None else se_missing,
             "se_sp": stats.se_sp.reshape(-1).cpu().numpy() if stats.se_sp is not None else se_missing,
         }

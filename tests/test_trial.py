@@ -151,3 +151,17 @@ def test_nan_loss_stops_with_the_epoch_and_stage() -> None:
 def test_unknown_attack_is_a_user_error() -> None:
     with pytest.raises(UserError, match="unknown or malformed attack .cw:eps=1.: write it as"):
         Trial(dataclasses.replace(TINY, attacks="cw:eps=1"))
+
+
+def test_auto_estimator_walks_relu_nets_exactly() -> None:
+    (result, _) = run(dataclasses.replace(TINY, estimator="auto"))
+    assert set(result.packets["estimator"]) == {"piecewise"}
+    real = real_pairs(result.packets)
+    p = result.packets
+    assert np.all(p["nodes"][real] >= 2)  # evaluations per dimension: its pieces and the check at b
+    assert np.all((p["sx"] * p["sp"] >= p["bound"] - 1e-6)[real])
+
+
+def test_unknown_estimator_names_the_choices() -> None:
+    with pytest.raises(UserError, match="estimator='simpson': use one of auto, piecewise, gauss, mc"):
+        dataclasses.replace(TINY, estimator="simpson")

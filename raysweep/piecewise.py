@@ -1,0 +1,188 @@
+"""Exact linear regions of a ReLU/MaxPool net along coordinate lines (like ExactLine, Sotoudeh
+and Thakur, NeurIPS 2019), for the `piecewise` packet estimator.
+
+Along x_i = t, a network built of affine maps (Conv, Linear, eval-mode BatchNorm,
+residual adds), ReLU and max-pooling is affine in t between breakpoints where some
+ReLU input or some max-pool window's winner changes. Inside one such piece the
+logits are exactly z(t) = z(t0) + (t - t0) v, so one forward-mode evaluation per
+piece gives g and g' in closed form over the whole piece: the integrals then need
+no further network evaluations, and Gauss rules per piece converge exponentially.
+
+The walk starts at a, evaluates just inside the current piece, and reads from
+every ReLU and max-pool input (value p, tangent dp, via forward-mode hooks) the
+nearest t where one of them crosses: that is where the piece ends. Continuity of
+z across every breakpoint is checked, so a nonlinearity the walk cannot see (tanh,
+a functional relu) is reported instead of silently mis-integrated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import nn
+
+PIECEWISE_MODULES = (nn.ReLU, nn.MaxPool2d)
+AFFINE_MODULES = (
+    nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten, nn.Unflatten,
+    nn.Identity, nn.Dropout, nn.Sequential,
+)
+STEP_IN = 1e-6  # evaluate this fraction of (b - a) inside a piece, well above float32's resolution
+MAX_PIECES = 20_000  # per dimension; more means the net is not what the walk assumes
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """Linear pieces of D lines, padded to P pieces; padding has start == end."""
+
+    start: torch.Tensor  # (D, P) float64
+    end: torch.Tensor  # (D, P)
+    at: torch.Tensor  # (D, P) where the affine form was evaluated
+    z: torch.Tensor  # (D, P, C) logits at `at`
+    v: torch.Tensor  # (D, P, C) dz/dt on the piece
+    count: torch.Tensor  # (D,) pieces per line
+    z_end: torch.Tensor  # (D, C) logits evaluated at b, to check the last piece's affine form
+
+    @property
+    def evaluations(self) -> torch.Tensor:
+        """Network evaluations per line: one per piece and one at b."""
+        return self.count + 1
+
+    def logits(self, t: torch.Tensor) -> torch.Tensor:
+        """z at t shaped (D, P, Q), for t inside the corresponding pieces: (D, P, Q, C)."""
+        return self.z[:, :, None, :] + (t - self.at[:, :, None])[..., None] * self.v[:, :, None, :]
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raise ValueError naming a leaf module the walk cannot treat as affine or piecewise affine.
+
+    Modules of other kinds may declare `piecewise_affine = True` (raysweep's Normalize does).
+    """
+    for name, module in model.named_modules():
+        if next(module.children(), None) is not None:
+            continue  # containers: their own arithmetic is checked by continuity after the walk
+        if isinstance(module, PIECEWISE_MODULES + AFFINE_MODULES) or getattr(module, "piecewise_affine", False):
+            continue
+        raise ValueError(
+            f"estimator 'piecewise' needs a ReLU/MaxPool net; module {name!r} ({type(module).__name__}) "
+            "is not known to be piecewise affine: use estimator='gauss'"
+        )
+
+
+def walk(
+    model: nn.Module, x_base: torch.Tensor, dims: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+) -> Pieces:
+    """The linear pieces of every line x_base + (t - x_base[d]) e_d, t in [a_d, b_d]; model in eval mode."""
+    check_supported(model)
+    D = dims.numel()
+    flat = x_base.reshape(-1)
+    t = a.clone()
+    width = b - a
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("start", "end", "at", "z", "v")}
+    active = width > 0
+    count = torch.zeros(D, dtype=torch.long, device=a.device)
+    recorder = _CrossingRecorder()
+    handles = [m.register_forward_pre_hook(recorder.hook) for m in model.modules() if isinstance(m, PIECEWISE_MODULES)]
+    try:
+        while bool(active.any()):
+            if int(count.max()) >= MAX_PIECES:
+                raise ValueError(f"more than {MAX_PIECES} linear pieces on one line: use estimator='gauss'")
+            # Evaluate just inside the piece, at a point the input's dtype represents exactly.
+            at = torch.minimum(t + STEP_IN * width, b).to(flat.dtype).double()
+            at = torch.where(at > t, at, t + STEP_IN * width)
+            rows = active.nonzero().squeeze(1)
+            z, v, step = _evaluate(model, flat, x_base.shape, dims[rows], at[rows], recorder)
+            end = torch.full_like(t, math.nan)
+            end[rows] = torch.minimum(at[rows] + step, b[rows])
+            for key, value in (("start", t), ("end", torch.where(active, end, t)), ("at", at)):
+                out[key].append(value.clone())
+            full_z = torch.zeros(D, z.shape[1], dtype=torch.float64, device=a.device)
+            full_v = torch.zeros_like(full_z)
+            full_z[rows], full_v[rows] = z, v
+            out["z"].append(full_z)
+            out["v"].append(full_v)
+            count[rows] += 1
+            t = torch.where(active, torch.where(torch.isnan(end), t, end), t)
+            active = active & (t < b)
+        z_end = _evaluate(model, flat, x_base.shape, dims, b, recorder)[0]
+    finally:
+        for handle in handles:
+            handle.remove()
+    pieces = Pieces(
+        *(torch.stack(out[k], 1) for k in ("start", "end", "at")),
+        torch.stack(out["z"], 1), torch.stack(out["v"], 1), count, z_end,
+    )
+    _check_continuity(pieces)
+    return pieces
+
+
+class _CrossingRecorder:
+    """Forward pre-hook: per batch row, the smallest positive t-distance at which any ReLU input or
+    max-pool window winner changes, from the primal p and tangent dp of the module's input."""
+
+    def __init__(self) -> None:
+        self.nearest: torch.Tensor | None = None
+
+    def hook(self, module: nn.Module, args: tuple) -> None:
+        p, dp = fwAD.unpack_dual(args[0])
+        if dp is None:
+            return
+        p, dp = p.detach().double(), dp.detach().double()
+        if isinstance(module, nn.MaxPool2d):
+            distance = _maxpool_crossings(module, p, dp)
+        else:
+            p, dp = p.flatten(1), dp.flatten(1)
+            distance = torch.where(p * dp < 0, -p / dp, torch.full_like(p, math.inf)).amin(1)
+        self.nearest = distance if self.nearest is None else torch.minimum(self.nearest, distance)
+
+
+def _maxpool_crossings(module: nn.MaxPool2d, p: torch.Tensor, dp: torch.Tensor) -> torch.Tensor:
+    """Distance until some element of a window overtakes the window's current maximum."""
+    k, s = module.kernel_size, module.stride
+    unfold = lambda x: nn.functional.unfold(x.flatten(0, 1)[:, None], k, stride=s)  # noqa: E731  (N*C, K, L)
+    wp, wd = unfold(p), unfold(dp)
+    winner = wp.argmax(1, keepdim=True)
+    gap = wp - wp.gather(1, winner)  # <= 0
+    closing = wd - wd.gather(1, winner)  # > 0 where the gap shrinks
+    dist = torch.where((closing > 0) & (gap < 0), -gap / closing, torch.full_like(gap, math.inf))
+    return dist.reshape(p.shape[0], -1).amin(1)
+
+
+def _evaluate(model, flat, shape, dims, at, recorder):
+    """Logits and their t-slope at `at` (rounded to the input's dtype), and the distance to the next breakpoint."""
+    m = dims.numel()
+    idx = torch.arange(m, device=flat.device)
+    x = flat.expand(m, -1).clone()
+    x[idx, dims.to(flat.device)] = at.to(flat.dtype)
+    tangent = torch.zeros_like(x)
+    tangent[idx, dims.to(flat.device)] = 1
+    recorder.nearest = None
+    with torch.no_grad(), fwAD.dual_level():
+        out = model(fwAD.make_dual(x, tangent).view(m, *shape))
+        z, v = fwAD.unpack_dual(out)
+    step = recorder.nearest if recorder.nearest is not None else torch.full((m,), math.inf, device=flat.device)
+    return z.double(), v.double(), step.to(at.device)
+
+
+def _check_continuity(pieces: Pieces, rtol: float = 1e-3) -> None:
+    """z is continuous in t: each piece's affine form must meet the next one's at their shared end,
+    and the last one must predict the logits evaluated at b."""
+    scale = 1 + pieces.z.abs().amax((1, 2))  # (D,)
+    D = pieces.count.numel()
+    last = (pieces.count - 1).clamp(min=0)
+    rows = torch.arange(D, device=last.device)
+    predicted = pieces.z[rows, last] + (pieces.end[rows, last] - pieces.at[rows, last])[:, None] * pieces.v[rows, last]
+    gaps = [((predicted - pieces.z_end).abs().amax(-1) / scale)[pieces.count > 0]]
+    if pieces.z.shape[1] > 1:
+        real = pieces.end[:, 1:] > pieces.start[:, 1:]  # a following piece exists
+        left = pieces.z[:, :-1] + (pieces.end[:, :-1] - pieces.at[:, :-1])[..., None] * pieces.v[:, :-1]
+        right = pieces.z[:, 1:] + (pieces.start[:, 1:] - pieces.at[:, 1:])[..., None] * pieces.v[:, 1:]
+        gaps.append(((left - right).abs().amax(-1) / scale[:, None])[real])
+    gap = torch.cat(gaps)
+    if gap.numel() and float(gap.max()) > rtol:
+        raise ValueError(
+            f"the logits jump by {float(gap.max()):.2g} (relative) at a breakpoint: the net has a nonlinearity "
+            "the piecewise walk cannot see (e.g. a functional relu or tanh); use estimator='gauss'"
+        )

@@ -1,0 +1,96 @@
+"""The trade-off report as Markdown, with its numbers as CSV (see `tradeoff` for the statistics)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from raysweep import tradeoff
+from raysweep.results import Results
+
+
+def write(results: Results, out: Path) -> list[Path]:
+    """report.md, correlations.csv and pairs.csv in `out`; returns the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    corr, pairs = tradeoff.correlations(results), tradeoff.pair_fractions(results)
+    paths = [out / "correlations.csv", out / "pairs.csv", out / "report.md"]
+    corr.to_csv(paths[0], index=False)
+    pairs.to_csv(paths[1], index=False)
+    paths[2].write_text(markdown(results, corr, pairs))
+    return paths
+
+
+def markdown(results: Results, corr: pd.DataFrame, pairs: pd.DataFrame) -> str:
+    runs = ", ".join(sorted(results.epochs["run"].unique())) or "(none)"
+    lines = [
+        "# Trade-off report", "",
+        f"Runs: {runs}. Spearman's rho over epochs with a 95% interval (Fisher z, variance 1.06/(n-3)), "
+        "pooled over seeds; ΔX = (Σᵢ Δxᵢ)^½ and ΔP = (Σᵢ Δpᵢ)^½ over the sampled dimensions (paper Eq. 23).", "",
+    ]
+    if results.notes:
+        lines += ["**Incomplete:**", *[f"- {note}" for note in results.notes], ""]
+    for key, group in corr[corr["seed"] == "all"].groupby(tradeoff.GROUP):
+        run, arch, dataset, space = key
+        attack = group["attack"].iloc[0]  # the first attack, as in the figures
+        first = group[group["attack"] == attack].set_index(["x", "y"])
+        pair_row = pairs[(pairs[tradeoff.GROUP] == list(key)).all(axis=1) & (pairs["scope"] == "all epochs")]
+        seeds = results.epochs.query("run == @run and arch == @arch and dataset == @dataset")["seed"].nunique()
+        lines += [f"## {arch} on {dataset}, {space} space ({run}; {seeds} seed(s); {tradeoff.headline_label(dataset)})", ""]
+        lines += _verdicts(first, pair_row, results, key, attack)
+        lines += ["", "| x | y | n | rho | 95% interval |", "|---|---|---|---|---|"]
+        for (x, y), row in first.iterrows():
+            lines.append(f"| {x} | {y} | {row['n']} | {row['rho']:.3f} | [{row['lo']:.3f}, {row['hi']:.3f}] |")
+        lines.append("")
+    if corr.empty:
+        lines.append("No epochs with packets yet: nothing to report.")
+    lines += ["Attack of the correlations above: the run's first; every attack is in correlations.csv.", ""]
+    return "\n".join(lines)
+
+
+def _verdicts(first: pd.DataFrame, pair_row: pd.DataFrame, results: Results, key: tuple, attack: str) -> list[str]:
+    out = []
+    if len(pair_row):
+        p = pair_row.iloc[0]
+        half = "holds" if p["paper_half_holds"] >= 0.95 else "does **not** hold"
+        out.append(
+            f"- Paper's Δx·Δp ≥ 1/2 (Eq. 18) {half} here: {p['paper_half_holds']:.1%} of {p['pairs']} pairs "
+            f"(median Δx·Δp {p['median_product']:.3g}); {p['nearly_flat']:.0%} of the packets are nearly flat."
+        )
+        bound = "holds, as it must" if p["finite_bound_holds"] == 1 else "is violated: an estimator error to report"
+        out.append(f"- The exact finite-interval bound Δx·Δp ≥ |1 − B|/2 {bound} ({p['finite_bound_holds']:.2%} of pairs).")
+    out.append("- " + _direction(first, ("DX", "DP"), "ΔX and ΔP", "move in opposite directions over training (the paper's trade-off)",
+                                  "move together, against the paper's trade-off"))
+    out.append("- " + _direction(first, ("DP", "robust_acc"), "ΔP and robust accuracy",
+                                  "move oppositely: robustness falls as the attack operator spreads (the paper's reading)",
+                                  "rise together, against the paper's reading"))
+    out.append("- " + _direction(first, ("DP", "test_acc"), "ΔP and test accuracy", "move oppositely", "rise together"))
+    out.append(_spaces(results, key, attack))
+    return out
+
+
+def _direction(first: pd.DataFrame, pair: tuple[str, str], what: str, negative: str, positive: str) -> str:
+    if pair not in first.index:
+        return f"{what}: not measured."
+    row = first.loc[pair]
+    text = f"{what} (rho {row['rho']:.2f} [{row['lo']:.2f}, {row['hi']:.2f}]): "
+    if row["hi"] < 0:
+        return text + negative + "."
+    if row["lo"] > 0:
+        return text + positive + "."
+    return text + "no clear relation on this run (the interval spans 0 or is undefined)."
+
+
+def _spaces(results: Results, key: tuple, attack: str) -> str:
+    run, arch, dataset, _ = key
+    epochs = results.epochs.query("run == @run and arch == @arch and dataset == @dataset and attack == @attack")
+    last = epochs[epochs["epoch"] == epochs.groupby("trial")["epoch"].transform("max")]
+    robust = last.groupby("space")["robust_acc"].mean()
+    if {"pixel", "feature"} - set(robust.index):
+        return "- Feature against pixel attacks: only one space measured."
+    verdict = "more" if robust["feature"] < robust["pixel"] else "not more"
+    return (
+        f"- At the last epoch, robust accuracy is {robust['pixel']:.1%} in pixel space and {robust['feature']:.1%} in "
+        f"feature space under {attack}: attacking features is {verdict} effective (the paper says more; the "
+        "feature budget is the pixel one times the mean feature range)."
+    )

@@ -1,0 +1,67 @@
+"""One or several run directories as DataFrames, for figures and reports (no model, no Ray).
+
+Runs may be partial (still running, stopped, a crashed trial): what is there is
+loaded, and `Results.notes` says what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import pandas as pd
+
+from raysweep.errors import UserError
+from raysweep.store import TABLES, RunStore
+
+
+@dataclass(frozen=True)
+class Results:
+    epochs: pd.DataFrame  # contract columns + run, one row per (run, trial, epoch, space, attack)
+    packets: pd.DataFrame  # contract columns + run + arch, dataset, seed of the trial
+    embeddings: pd.DataFrame  # contract columns + run
+    notes: tuple[str, ...]  # what is missing: partial trials, empty tables
+
+
+def load(runs: Sequence[str]) -> Results:
+    """Read every run; a run's label is its directory name (made unique if two share one)."""
+    if not runs:
+        raise UserError("give at least one run directory")
+    frames: dict[str, list[pd.DataFrame]] = {table: [] for table in TABLES}
+    notes: list[str] = []
+    labels = _labels(runs)
+    for uri, label in zip(runs, labels):
+        store = RunStore(uri)
+        manifest = store.manifest()
+        tables = {table: store.read(table) for table in TABLES}
+        for table, frame in tables.items():
+            frames[table].append(frame.assign(run=label))
+        notes += _missing(label, manifest, store, tables["epochs"])
+    epochs = pd.concat(frames["epochs"], ignore_index=True)
+    trial_info = epochs[["run", "trial", "arch", "dataset", "seed"]].drop_duplicates()
+    packets = pd.concat(frames["packets"], ignore_index=True).merge(trial_info, on=["run", "trial"], how="left")
+    embeddings = pd.concat(frames["embeddings"], ignore_index=True)
+    if epochs.empty:
+        notes.append("no epoch has finished in any run yet: nothing to draw")
+    return Results(epochs, packets, embeddings, tuple(notes))
+
+
+def _missing(label: str, manifest: dict, store: RunStore, epochs: pd.DataFrame) -> list[str]:
+    notes = []
+    for name, config in manifest.get("trials", {}).items():
+        done = sorted(epochs.loc[epochs["trial"] == name, "epoch"].unique())
+        want = int(config["epochs"])
+        if not done:
+            notes.append(f"{label}/{name}: no epochs yet (not started, running, or failed before epoch 1)")
+        elif len(done) < want:
+            notes.append(f"{label}/{name}: {len(done)} of {want} epochs (still running, stopped or failed); shown as far as it got")
+    return notes
+
+
+def _labels(runs: Sequence[str]) -> list[str]:
+    labels: list[str] = []
+    for uri in runs:
+        base = os.path.basename(uri.rstrip("/")) or uri
+        labels.append(base if base not in labels else f"{base}-{len(labels)}")
+    return labels

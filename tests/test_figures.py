@@ -1,0 +1,123 @@
+"""Figures and the trade-off report from a tiny synthetic run directory."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from raysweep import figures, report, sweep, tradeoff
+from raysweep.cli import main
+from raysweep.config import resolve
+from raysweep.errors import UserError
+from raysweep.results import load
+from raysweep.store import RunStore
+
+OVERRIDES = {"seed": "0,1", "epochs": "5", "limit_train": "96", "limit_test": "32", "dims": "4", "nodes": "8",
+             "embed_points": "24", "head_epochs": "1"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("runs") / "tiny"
+    store = RunStore(str(path))
+    trials = resolve("smoke", OVERRIDES).trials()
+    store.create({"trials": {t.name: t.__dict__ for t in trials}})
+    sweep.run_trials(store, trials, progress=lambda line: None)
+    return path
+
+
+def test_every_figure_and_report_file_is_written_and_non_empty(run_dir: Path, tmp_path: Path) -> None:
+    assert main(["figures", str(run_dir), "--out", str(tmp_path), "--epochs", "1,3"]) == 0
+    names = {p.name for p in tmp_path.iterdir()}
+    expected = {"fig2.png", "report.md", "correlations.csv", "pairs.csv",
+                "fig1_tiny_mnist_conv3-synthetic-s0.png", "fig1_tiny_mnist_conv3-synthetic-s1.png"}
+    expected |= {f"fig2_tiny_mnist_conv3_synthetic_{s}_{p}.png" for s in ("pixel", "feature") for p in ("accuracy", "spreads")}
+    assert expected <= names
+    assert all((tmp_path / name).stat().st_size > 1000 for name in expected if name.endswith(".png"))
+    text = (tmp_path / "report.md").read_text()
+    assert "Paper's Δx·Δp ≥ 1/2" in text and "finite-interval bound" in text and "pixel space" in text
+
+
+def test_svg_format_is_available(run_dir: Path, tmp_path: Path) -> None:
+    paths = figures.fig2(load([str(run_dir)]), tmp_path, "svg")
+    assert paths and all(p.suffix == ".svg" and p.read_text().lstrip().startswith("<?xml") for p in paths)
+
+
+def test_report_correlations_equal_a_direct_pandas_computation(run_dir: Path) -> None:
+    results = load([str(run_dir)])
+    corr = tradeoff.correlations(results)
+    packets = pd.read_parquet(run_dir / "packets")
+    epochs = pd.read_parquet(run_dir / "epochs")
+    c8 = packets[(packets["class"] == 8) & (packets["space"] == "pixel") & (packets["trial"] == "mnist_conv3-synthetic-s0")]
+    spreads = c8.groupby("epoch").agg(DX=("sx", lambda s: math.sqrt(s.sum())), DP=("sp", lambda s: math.sqrt(s.sum())))
+    attack = epochs["attack"].iloc[0]
+    acc = epochs[(epochs["space"] == "pixel") & (epochs["trial"] == "mnist_conv3-synthetic-s0") & (epochs["attack"] == attack)]
+    both = spreads.join(acc.set_index("epoch")[["test_acc", "robust_acc"]])
+    for x, y in tradeoff.PAIRS:
+        row = corr[(corr["space"] == "pixel") & (corr["seed"] == "0") & (corr["attack"] == attack)
+                   & (corr["x"] == x) & (corr["y"] == y)].iloc[0]
+        direct = both[x].corr(both[y], method="spearman")
+        if math.isnan(direct):
+            assert math.isnan(row["rho"])
+        else:
+            assert row["rho"] == pytest.approx(direct)
+            lo, hi = tradeoff.fisher_interval(direct, len(both))
+            assert (row["lo"], row["hi"]) == pytest.approx((lo, hi))
+
+
+def test_pooled_correlation_weights_seeds_by_fisher_z() -> None:
+    per_seed = [(10, 0.5), (20, -0.2)]
+    n, rho, lo, hi = tradeoff._pooled(per_seed)
+    z = (7 * math.atanh(0.5) + 17 * math.atanh(-0.2)) / 24
+    assert n == 30 and rho == pytest.approx(math.tanh(z)) and lo < rho < hi
+
+
+def test_pair_fractions_count_the_bounds(run_dir: Path) -> None:
+    pairs = tradeoff.pair_fractions(load([str(run_dir)]))
+    packets = pd.read_parquet(run_dir / "packets").query("beta > 0 and space == 'pixel'")
+    row = pairs[(pairs["space"] == "pixel") & (pairs["scope"] == "all epochs")].iloc[0]
+    assert row["pairs"] == len(packets)
+    assert row["paper_half_holds"] == pytest.approx(((packets.sx * packets.sp) >= 0.5).mean())
+    assert row["finite_bound_holds"] == 1.0
+
+
+def test_partial_runs_are_drawn_with_a_note(run_dir: Path, tmp_path: Path) -> None:
+    store = RunStore(str(tmp_path / "partial"))
+    trials = resolve("smoke", {**OVERRIDES, "seed": "0", "epochs": "9"}).trials()
+    store.create({"trials": {t.name: {**t.__dict__} for t in trials}})
+    for table in ("epochs", "packets", "embeddings"):
+        source = run_dir / table / "mnist_conv3-synthetic-s0"
+        target = tmp_path / "partial" / table / "mnist_conv3-synthetic-s0"
+        target.mkdir(parents=True)
+        for f in sorted(source.glob("epoch-000[12].parquet")):
+            (target / f.name).write_bytes(f.read_bytes())
+    results = load([str(tmp_path / "partial"), str(run_dir)])
+    assert any("2 of 9 epochs" in note for note in results.notes)
+    assert set(results.epochs["run"]) == {"partial", "tiny"}
+    paths = report.write(results, tmp_path / "out")
+    assert "**Incomplete:**" in (tmp_path / "out" / "report.md").read_text()
+    assert figures.fig2(results, tmp_path / "out") and paths
+
+
+def test_not_a_run_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["figures", str(tmp_path)]) == 2
+    assert "is not a raysweep run (no manifest.json)" in capsys.readouterr().err
+
+
+def test_missing_columns_are_a_clear_error(run_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    RunStore(str(broken)).create({"trials": {}})
+    frame = pd.read_parquet(run_dir / "epochs").drop(columns=["robust_acc"])
+    (broken / "epochs" / "x").mkdir(parents=True)
+    frame.to_parquet(broken / "epochs" / "x" / "epoch-0001.parquet")
+    with pytest.raises(UserError, match="epochs lacks the columns robust_acc"):
+        load([str(broken)])
+
+
+def test_bad_epoch_list_is_a_clear_error(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["figures", str(run_dir), "--epochs", "one"]) == 2
+    assert "give comma-separated epoch numbers" in capsys.readouterr().err
