@@ -42,7 +42,8 @@ GRID = 150  # shading resolution per axis
 def fig2(results: Results, out: Path, fmt: str = "png") -> list[Path]:
     """Accuracy and ΔX-ΔP panels per (run, arch, dataset, space), and the combined grid `fig2`."""
     data = tradeoff.joined(results)
-    groups = list(data.groupby(tradeoff.GROUP))
+    order = {"pixel": 0, "feature": 1}  # the paper's order
+    groups = sorted(data.groupby(tradeoff.GROUP), key=lambda kv: (*kv[0][:3], order.get(kv[0][3], 2)))
     if not groups:
         return []
     paths = []
@@ -166,7 +167,12 @@ def _regions(ax: plt.Axes, m: dict, *, kind: str, title: str, focus: int | None 
 
 
 def _short(attack: str) -> str:
-    return re.sub(r",?steps=\d+", "", attack.replace("alpha=", "α=").replace("eps=", "ε="))
+    """'pgd:eps=8/255,alpha=2/255,steps=4' -> 'PGD ε=8/255, α=2/255, 4 steps'."""
+    name, _, rest = attack.partition(":")
+    fields = dict(item.split("=", 1) for item in rest.split(",") if "=" in item)
+    parts = [f"{symbol}={fields[key]}" for key, symbol in (("eps", "ε"), ("alpha", "α")) if key in fields]
+    parts += [f"{fields['steps']} steps"] if "steps" in fields else []
+    return f"{name.upper()} " + ", ".join(parts)
 
 
 def _safe(text: str) -> str:

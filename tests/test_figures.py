@@ -121,3 +121,16 @@ def test_missing_columns_are_a_clear_error(run_dir: Path, tmp_path: Path) -> Non
 def test_bad_epoch_list_is_a_clear_error(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["figures", str(run_dir), "--epochs", "one"]) == 2
     assert "give comma-separated epoch numbers" in capsys.readouterr().err
+
+
+def test_figures_job_entry_point_smoke_test(run_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "jobs" / "figures.py"), str(run_dir), "--out", str(tmp_path), "--smoke-test"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "fig2.png").exists() and not list(tmp_path.glob("fig1_*"))
