@@ -143,7 +143,14 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from raysweep.store import TABLES
+
     run_store, trials = _open_run(args.run_dir)
+    damaged = [path for table in TABLES for path in run_store.damaged(table)]
+    for path in damaged:
+        print(f"DAMAGED {path}: truncated or corrupt; move it out of the run and re-run that trial's epoch")
+    if damaged:
+        return 1
     epochs = run_store.read("epochs")
     for trial in trials:
         done = run_store.epochs_written(trial.name)

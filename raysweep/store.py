@@ -148,16 +148,38 @@ class RunStore:
         schema = SCHEMAS[table]
         if self.fs.get_file_info(base).type != pafs.FileType.Directory:
             return schema.empty_table().to_pandas()
-        dataset = ds.dataset(base, filesystem=self.fs, format="parquet")
+        try:
+            dataset = ds.dataset(base, filesystem=self.fs, format="parquet")
+            table_data = dataset.to_table(columns=[c for c in schema.names if c in dataset.schema.names])
+        except (pa.ArrowInvalid, OSError) as exc:
+            bad = self.damaged(table) or [base]
+            raise UserError(
+                f"{bad[0]} is truncated or corrupt ({str(exc).splitlines()[0][:120]}): move it out of the run "
+                f"({len(bad)} damaged file(s) in {table}/; `raysweep status` lists them all)"
+            ) from None
         missing = [c for c in schema.names if c not in dataset.schema.names]
         if missing:
             raise UserError(
                 f"{self.uri}/{table} lacks the columns {', '.join(missing)}: it was not written by this raysweep; "
                 "re-run it or point at another run"
             )
-        frame = dataset.to_table(columns=schema.names).cast(schema).to_pandas()
+        frame = table_data.select(schema.names).cast(schema).to_pandas()
         keys = [c for c in ("trial", "epoch", "space", "attack", "class", "dim", "kind", "point") if c in frame]
         return frame.sort_values(keys).reset_index(drop=True)
+
+    def damaged(self, table: str) -> list[str]:
+        """Files of a dataset that do not read as Parquet (truncated, overwritten, not ours)."""
+        selector = pafs.FileSelector(f"{self.root}/{table}", recursive=True, allow_not_found=True)
+        bad = []
+        for info in self.fs.get_file_info(selector):
+            if info.type != pafs.FileType.File or info.base_name.startswith("."):
+                continue
+            try:
+                with self.fs.open_input_file(info.path) as f:
+                    pq.ParquetFile(f).read()
+            except (pa.ArrowInvalid, OSError):
+                bad.append(info.path)
+        return sorted(bad)
 
     def epochs_written(self, trial: str) -> list[int]:
         """Epochs whose `epochs/` file exists for this trial."""

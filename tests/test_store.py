@@ -97,3 +97,20 @@ def test_a_folder_without_manifest_is_not_a_run(tmp_path: Path) -> None:
 def test_names_that_could_leave_the_run_directory_are_refused(name: str) -> None:
     with pytest.raises(UserError, match="not allowed"):
         check_name(name)
+
+
+def test_truncated_file_is_named_by_status_and_readers(store: RunStore, capsys: pytest.CaptureFixture[str]) -> None:
+    from raysweep.cli import main
+
+    trial = Trial(CONFIG)
+    store.write_epoch(CONFIG, trial.run_epoch())
+    store.write_epoch(CONFIG, trial.run_epoch())
+    victim = Path(store.root) / "packets" / CONFIG.name / "epoch-0002.parquet"
+    victim.write_bytes(victim.read_bytes()[:200])
+    assert store.damaged("packets") == [str(victim)] and store.damaged("epochs") == []
+    with pytest.raises(UserError, match="epoch-0002.parquet is truncated or corrupt"):
+        store.read("packets")
+    assert len(store.read("epochs")) > 0  # the other datasets stay readable
+    json.dump({"trials": {CONFIG.name: CONFIG.__dict__}}, open(Path(store.root) / "manifest.json", "w"))
+    assert main(["status", store.uri]) == 1
+    assert f"DAMAGED {victim}" in capsys.readouterr().out
