@@ -198,7 +198,3 @@ def _convert(key: str, text: str, kind: object) -> object:
     except ValueError:
         name = getattr(kind, "__name__", str(kind))
         raise UserError(f"{key}={text!r} is not a valid {name}") from None
-
-
-def to_dict(config: SweepConfig | TrialConfig) -> dict:
-    return dataclasses.asdict(config)
