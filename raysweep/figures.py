@@ -100,21 +100,21 @@ def fig1(results: Results, out: Path, fmt: str = "png", epochs: Sequence[int] = 
         maps = {e: _tsne_map(frame[frame["epoch"] == e]) for e in sorted({*chosen, final})}
         cols = max(2, len(chosen))
         fig, axes = plt.subplots(3, cols, figsize=(4.2 * cols, 12.4), squeeze=False)
-        _regions(axes[0, 0], maps[final], kind="clean", title=f"(A) test features, epoch {final}")
-        _regions(axes[0, 1], maps[final], kind="attacked", title=f"(B) attacked test features, epoch {final}")
+        _regions(axes[0, 0], maps[final], kind="clean", title=f"(A) test points, true label, epoch {final}")
+        _regions(axes[0, 1], maps[final], kind="attacked", title=f"(B) attacked test points, true label, epoch {final}")
         for ax in axes[0, 2:]:
             ax.axis("off")
         handles = [plt.Line2D([], [], marker="o", linestyle="", color=PALETTE[c], label=names[c]) for c in range(len(names))]
-        axes[0, -1].legend(handles=handles, title="true label", loc="center", fontsize=8) if cols > 2 else \
-            fig.legend(handles=handles, title="true label", loc="upper right", fontsize=8, ncol=2)
+        fig.legend(handles=handles, title="class (C, D attacked: predicted)", loc="upper left",
+                   bbox_to_anchor=(1.0, 0.97), fontsize=8)
         has_focus = (frame["label"] == FOCUS).any()
         for col, epoch in enumerate(chosen):
             for row, kind in ((1, "clean"), (2, "attacked")):
                 ax = axes[row, col]
                 if has_focus:
-                    letter = "C" if kind == "clean" else "D"
+                    letter, points = ("C", "clean, true label") if kind == "clean" else ("D", "attacked, coloured by prediction")
                     _regions(ax, maps[epoch], kind=kind, focus=FOCUS,
-                             title=f"({letter}) '{names[FOCUS]}' region, {kind} points, epoch {epoch}")
+                             title=f"({letter}) '{names[FOCUS]}' region, epoch {epoch}\n{names[FOCUS]} test points: {points}")
                 else:
                     ax.axis("off")
         for ax in axes[1:, len(chosen):].ravel():
