@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/raysweep run --preset demo
+	out=runs/demo-$$(date -u +%Y%m%d-%H%M%S) && $(BIN)/raysweep run --preset demo --out $$out && $(BIN)/raysweep figures $$out
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
