@@ -114,3 +114,14 @@ def test_truncated_file_is_named_by_status_and_readers(store: RunStore, capsys: 
     json.dump({"trials": {CONFIG.name: CONFIG.__dict__}}, open(Path(store.root) / "manifest.json", "w"))
     assert main(["status", store.uri]) == 1
     assert f"DAMAGED {victim}" in capsys.readouterr().out
+
+
+def test_manifest_holds_no_environment_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    from raysweep.config import resolve
+    from raysweep.sweep import manifest
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value-123")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "another-secret-456")
+    text = json.dumps(manifest(resolve("smoke", {}), preset="smoke", overrides={}, executor="local"), default=str)
+    assert "very-secret-value-123" not in text and "another-secret-456" not in text
+    assert "versions" in text and "code_revision" in text
