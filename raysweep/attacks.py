@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raysweep.errors import UserError
+from raysweep.models import eval_mode
 
 ATTACKS: tuple[str, ...] = ("pgd", "fgsm")
 
@@ -31,22 +31,6 @@ Bound = float | Tensor
 
 _SPEC_FORMAT = "'pgd:eps=8/255,alpha=2/255,steps=4' or 'fgsm:eps=0.1'"
 _KEYS = {"pgd": ("eps", "alpha", "steps"), "fgsm": ("eps",)}
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run the block with the model in eval mode, then restore every module's flag.
-
-    Flags are restored per module, not with ``model.train(flag)``, so a submodule
-    deliberately kept in another mode (e.g. frozen BatchNorm) keeps it.
-    """
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags:
-            module.training = training
 
 
 def _project(x_adv: Tensor, x: Tensor, eps: float, lo: Tensor, hi: Tensor) -> Tensor:
@@ -117,7 +101,7 @@ def pgd(
     x_adv = x
     if random_start:
         x_adv = _project(x + _uniform_noise(x, eps, generator), x, eps, lo_t, hi_t)
-    with _eval_mode(model):
+    with eval_mode(model):
         for _ in range(steps):
             step = alpha * _input_gradient(model, x_adv, y).sign()
             x_adv = _project(x_adv + step, x, eps, lo_t, hi_t)
@@ -263,7 +247,7 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1024) 
 
     x: ``(n, *shape)``, y: ``(n,)``; every module's training flag is restored.
     """
-    with _eval_mode(model):
+    with eval_mode(model):
         correct = sum(int(_correct(model, xb, yb).sum()) for xb, yb in _batches(x, y, batch_size))
     return correct / len(x)
 
@@ -286,7 +270,7 @@ def robust_accuracy(
     makes robust accuracy <= clean accuracy exactly, and equal at eps = 0.
     """
     correct = 0
-    with _eval_mode(model):
+    with eval_mode(model):
         for xb, yb in _batches(x, y, batch_size):
             x_adv = attack.run(model, xb, yb, lo=lo, hi=hi, generator=generator)
             correct += int((_correct(model, xb, yb) & _correct(model, x_adv, yb)).sum())

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from raysweep import train
+from raysweep import models, train
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,8 @@ class FeatureSpace:
 @torch.no_grad()
 def extract(extractor: nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
     """Features of x, (N, F), computed in eval mode; the module's mode is restored."""
-    was_training = extractor.training
-    extractor.eval()
-    try:
+    with models.eval_mode(extractor):
         return torch.cat([extractor(x[i : i + batch_size]).flatten(1) for i in range(0, x.shape[0], batch_size)])
-    finally:
-        extractor.train(was_training)
 
 
 def fresh_head(classifier: nn.Module, seed: int) -> nn.Module:

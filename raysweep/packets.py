@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from raysweep import quadrature
+from raysweep import models, quadrature
 
 ESTIMATORS = ("gauss", "mc", "piecewise")
 PIECE_NODES = 8  # Gauss nodes per sub-piece of a linear piece (piecewise)
@@ -91,13 +91,8 @@ def line_losses(
     step = batch_size or _default_batch(model, x_base)
     g, dg = [], []
     for start in range(0, rows.numel(), step):
-        d, v = rows[start : start + step], values[start : start + step]
-        m = d.numel()
-        idx = torch.arange(m, device=flat.device)
-        x = flat.expand(m, -1).clone()
-        x[idx, d] = v
-        tangent = torch.zeros_like(x)
-        tangent[idx, d] = 1
+        x, tangent = line_inputs(flat, rows[start : start + step], values[start : start + step])
+        m = x.shape[0]
         with torch.no_grad(), warnings.catch_warnings():
             # torch.func's forward mode trips torch's own jit-deprecation warning; it is not ours to act on
             warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
@@ -107,6 +102,20 @@ def line_losses(
         dg.append(dgl)
     C = g[0].shape[-1]
     return torch.cat(g).view(*t.shape, C), torch.cat(dg).view(*t.shape, C)
+
+
+def line_inputs(flat: torch.Tensor, dims: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row r: the flat base point with coordinate dims[r] set to values[r], and the tangent e_{dims[r]}.
+
+    Returns (x, tangent), each (len(dims), flat.numel()), in flat's dtype and device.
+    """
+    dims = dims.to(flat.device)
+    idx = torch.arange(dims.numel(), device=flat.device)
+    x = flat.expand(dims.numel(), -1).clone()
+    x[idx, dims] = values.to(device=flat.device, dtype=flat.dtype)
+    tangent = torch.zeros_like(x)
+    tangent[idx, dims] = 1
+    return x, tangent
 
 
 def loss_and_slope(
@@ -212,22 +221,18 @@ def packet_stats(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; supported: {', '.join(ESTIMATORS)}")
-    if estimator == "piecewise":
-        return _piecewise_stats(model, x_base, dims, a, b, loss_clip=loss_clip)
     if estimator == "mc" and (replicates < 2 or nodes % replicates):
         raise ValueError(f"mc needs nodes divisible by replicates >= 2, got nodes={nodes}, replicates={replicates}")
     dims = torch.as_tensor(dims, dtype=torch.long).reshape(-1)
     a = torch.as_tensor(a, dtype=torch.float64, device=x_base.device).expand(dims.shape).clone()
     b = torch.as_tensor(b, dtype=torch.float64, device=x_base.device).expand(dims.shape).clone()
-    t, w = quadrature.rule(estimator, nodes, a, b, generator=generator)
-    was_training = model.training
-    model.eval()
-    try:
+    with models.eval_mode(model):
+        if estimator == "piecewise":
+            return _piecewise_stats(model, x_base, dims, a, b, loss_clip=loss_clip)
+        t, w = quadrature.rule(estimator, nodes, a, b, generator=generator)
         g, dg = line_losses(
             model, x_base, dims, torch.cat([t, a[:, None], b[:, None]], 1), loss_clip=loss_clip, batch_size=batch_size
         )
-    finally:
-        model.train(was_training)
     g_a, g_b = g[:, -2], g[:, -1]
     g, dg = g[:, :-2], dg[:, :-2]
     stats = moments(t, w, g, dg, g_a, g_b, a, b)
@@ -242,7 +247,8 @@ def packet_stats(
 
 
 def _piecewise_stats(
-    model: nn.Module, x_base: torch.Tensor, dims, a, b, *, loss_clip: float | None
+    model: nn.Module, x_base: torch.Tensor, dims: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+    *, loss_clip: float | None,
 ) -> PacketStats:
     """Packets from the exact linear pieces of a ReLU/MaxPool net (see `piecewise`).
 
@@ -252,37 +258,31 @@ def _piecewise_stats(
     """
     from raysweep import piecewise
 
-    dims = torch.as_tensor(dims, dtype=torch.long).reshape(-1)
-    a = torch.as_tensor(a, dtype=torch.float64, device=x_base.device).expand(dims.shape).clone()
-    b = torch.as_tensor(b, dtype=torch.float64, device=x_base.device).expand(dims.shape).clone()
-    was_training = model.training
-    model.eval()
-    try:
-        pieces = piecewise.walk(model, x_base, dims, a, b)
-    finally:
-        model.train(was_training)
+    pieces = piecewise.walk(model, x_base, dims, a, b)
     D, P, C = pieces.z.shape
     length = (pieces.end - pieces.start).clamp(min=0)  # (D, P); padding has length 0
     spread = (pieces.v.amax(-1) - pieces.v.amin(-1)).abs()
     cuts = (length * spread / PIECE_SPREAD).ceil().clamp(1, 64).long()  # sub-pieces per piece
-    # One row per sub-piece: which line and piece, and its interval.
-    owner = torch.arange(D * P, device=a.device).repeat_interleave(cuts.reshape(-1))
-    k = torch.arange(owner.numel(), device=a.device) - (cuts.reshape(-1).cumsum(0) - cuts.reshape(-1)).repeat_interleave(cuts.reshape(-1))
-    h = (length.reshape(-1) / cuts.reshape(-1))[owner]
+    # One row per sub-piece: which (line, piece) owns it, its index within the piece, its interval.
+    cuts = cuts.reshape(-1)
+    owner = torch.arange(D * P, device=a.device).repeat_interleave(cuts)
+    k = _rank_within(owner, cuts)
+    h = (length.reshape(-1) / cuts)[owner]
     lo = pieces.start.reshape(-1)[owner] + k * h
     t, w = quadrature.rule("gauss", PIECE_NODES, lo, lo + h)  # (S, Q)
-    z = pieces.z.reshape(D * P, C)[owner][:, None, :] + (t - pieces.at.reshape(-1)[owner][:, None])[..., None] * pieces.v.reshape(D * P, C)[owner][:, None, :]
-    v = pieces.v.reshape(D * P, C)[owner][:, None, :].expand_as(z)
-    g, dg = loss_and_slope(z.reshape(-1, C), v.reshape(-1, C), loss_clip=loss_clip)
+    v = pieces.v.reshape(D * P, C)[owner][:, None, :]  # (S, 1, C)
+    z = pieces.z.reshape(D * P, C)[owner][:, None, :] + (t - pieces.at.reshape(-1)[owner][:, None])[..., None] * v
+    g, dg = loss_and_slope(z.reshape(-1, C), v.expand_as(z).reshape(-1, C), loss_clip=loss_clip)
     # Back to (D, nodes) per line, padding with zero weights.
     line = owner // P
-    per_line = torch.bincount(line, minlength=D) * PIECE_NODES
-    n = int(per_line.max())
-    slot = (torch.arange(owner.numel(), device=a.device) - (torch.bincount(line, minlength=D).cumsum(0) - torch.bincount(line, minlength=D))[line])
+    per_line = torch.bincount(line, minlength=D)
+    slot = _rank_within(line, per_line)
     cols = (slot[:, None] * PIECE_NODES + torch.arange(PIECE_NODES, device=a.device)).reshape(-1)
     rows = line.repeat_interleave(PIECE_NODES)
+    n = int(per_line.max()) * PIECE_NODES
     T = torch.zeros(D, n, dtype=torch.float64, device=a.device)
-    W, G, DG = torch.zeros_like(T), torch.zeros(D, n, C, dtype=torch.float64, device=a.device), None
+    W = torch.zeros_like(T)
+    G = torch.zeros(D, n, C, dtype=torch.float64, device=a.device)
     DG = torch.zeros_like(G)
     T[rows, cols], W[rows, cols] = t.reshape(-1), w.reshape(-1)
     G[rows, cols], DG[rows, cols] = g.view(-1, C), dg.view(-1, C)
@@ -294,6 +294,12 @@ def _piecewise_stats(
     g_b, _ = loss_and_slope(z_b, pieces.v[ends, last], loss_clip=loss_clip)
     stats = moments(T, W, G, DG, g_a, g_b, a, b)
     return dataclasses.replace(stats, evaluations=pieces.evaluations.cpu())
+
+
+def _rank_within(group: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """For rows sorted by group with `sizes[j]` rows in group j: each row's index inside its group."""
+    starts = sizes.cumsum(0) - sizes
+    return torch.arange(group.numel(), device=group.device) - starts[group]
 
 
 def _standard_error(replicate_values: list[torch.Tensor]) -> torch.Tensor:

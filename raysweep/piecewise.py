@@ -24,6 +24,8 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import nn
 
+from raysweep.packets import line_inputs
+
 PIECEWISE_MODULES = (nn.ReLU, nn.MaxPool2d)
 AFFINE_MODULES = (
     nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten, nn.Unflatten,
@@ -104,7 +106,7 @@ def walk(
             out["z"].append(full_z)
             out["v"].append(full_v)
             count[rows] += 1
-            t = torch.where(active, torch.where(torch.isnan(end), t, end), t)
+            t = torch.where(active, end, t)  # end is NaN exactly where a line was already done
             active = active & (t < b)
         z_end = _evaluate(model, flat, x_base.shape, dims, b, recorder)[0]
     finally:
@@ -153,11 +155,7 @@ def _maxpool_crossings(module: nn.MaxPool2d, p: torch.Tensor, dp: torch.Tensor) 
 def _evaluate(model, flat, shape, dims, at, recorder):
     """Logits and their t-slope at `at` (rounded to the input's dtype), and the distance to the next breakpoint."""
     m = dims.numel()
-    idx = torch.arange(m, device=flat.device)
-    x = flat.expand(m, -1).clone()
-    x[idx, dims.to(flat.device)] = at.to(flat.dtype)
-    tangent = torch.zeros_like(x)
-    tangent[idx, dims.to(flat.device)] = 1
+    x, tangent = line_inputs(flat, dims, at)
     recorder.nearest = None
     with torch.no_grad(), fwAD.dual_level():
         out = model(fwAD.make_dual(x, tangent).view(m, *shape))

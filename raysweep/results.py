@@ -37,7 +37,7 @@ def load(runs: Sequence[str]) -> Results:
         tables = {table: store.read(table) for table in TABLES}
         for table, frame in tables.items():
             frames[table].append(frame.assign(run=label))
-        notes += _missing(label, manifest, store, tables["epochs"])
+        notes += _missing(label, manifest, tables["epochs"])
     epochs = pd.concat(frames["epochs"], ignore_index=True)
     trial_info = epochs[["run", "trial", "arch", "dataset", "seed"]].drop_duplicates()
     packets = pd.concat(frames["packets"], ignore_index=True).merge(trial_info, on=["run", "trial"], how="left")
@@ -47,7 +47,7 @@ def load(runs: Sequence[str]) -> Results:
     return Results(epochs, packets, embeddings, tuple(notes))
 
 
-def _missing(label: str, manifest: dict, store: RunStore, epochs: pd.DataFrame) -> list[str]:
+def _missing(label: str, manifest: dict, epochs: pd.DataFrame) -> list[str]:
     notes = []
     for name, config in manifest.get("trials", {}).items():
         done = sorted(epochs.loc[epochs["trial"] == name, "epoch"].unique())

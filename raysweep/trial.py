@@ -177,7 +177,7 @@ class Trial:
         seconds = time.perf_counter() - start
         metrics = [
             {"epoch": epoch, "space": space, **row, "seconds": seconds}
-            for space, rows in measured.items() if space in cfg.space_list or space == "pixel"
+            for space, rows in measured.items()
             for row in rows
         ]
         self.epoch = epoch
@@ -201,11 +201,10 @@ class Trial:
         cfg = self.config
         dims = self.dims[space]
         estimator = cfg.estimator if cfg.estimator != "auto" else _auto_estimator(model)
-        a = torch.as_tensor(lo, dtype=torch.float64).expand(x_base.numel())[dims.to(torch.as_tensor(lo).device)]
-        b = torch.as_tensor(hi, dtype=torch.float64).expand(x_base.numel())[dims.to(torch.as_tensor(hi).device)]
+        a, b = (torch.as_tensor(v, dtype=torch.float64).cpu().expand(x_base.numel())[dims] for v in (lo, hi))
         return [
             PacketTask(
-                space, model, x_base, dims[i : i + cfg.chunk], a[i : i + cfg.chunk].cpu(), b[i : i + cfg.chunk].cpu(),
+                space, model, x_base, dims[i : i + cfg.chunk], a[i : i + cfg.chunk], b[i : i + cfg.chunk],
                 estimator, cfg.nodes, cfg.replicates, cfg.loss_clip,
                 seed=_chunk_seed(cfg.seed, epoch, space, i),
             )
