@@ -33,6 +33,8 @@ AFFINE_MODULES = (
 )
 STEP_IN = 1e-6  # evaluate this fraction of (b - a) inside a piece, well above float32's resolution
 MAX_PIECES = 20_000  # per dimension; more means the net is not what the walk assumes
+SAME_SLOPE = 1e-6  # relative: a "new" piece whose slope matches the last one was evaluated in the old piece
+MAX_STEP_IN = 1e-3  # stop stepping further in here: a slope that stays equal is a breakpoint the logits ignore
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,7 @@ class Pieces:
     v: torch.Tensor  # (D, P, C) dz/dt on the piece
     count: torch.Tensor  # (D,) pieces per line
     z_end: torch.Tensor  # (D, C) logits evaluated at b, to check the last piece's affine form
-
-    @property
-    def evaluations(self) -> torch.Tensor:
-        """Network evaluations per line: one per piece and one at b."""
-        return self.count + 1
+    evaluations: torch.Tensor  # (D,) network evaluations per line: pieces, retries, and the one at b
 
     def logits(self, t: torch.Tensor) -> torch.Tensor:
         """z at t shaped (D, P, Q), for t inside the corresponding pieces: (D, P, Q, C)."""
@@ -76,15 +74,23 @@ def check_supported(model: nn.Module) -> None:
 def walk(
     model: nn.Module, x_base: torch.Tensor, dims: torch.Tensor, a: torch.Tensor, b: torch.Tensor
 ) -> Pieces:
-    """The linear pieces of every line x_base + (t - x_base[d]) e_d, t in [a_d, b_d]; model in eval mode."""
+    """The linear pieces of every line x_base + (t - x_base[d]) e_d, t in [a_d, b_d]; model in eval mode.
+
+    A breakpoint predicted from float32 activations can land a hair early, so the point
+    meant to lie just past it may still lie in the old piece. A new piece must therefore
+    show a new slope; if it does not, the walk steps ten times further in and tries again.
+    """
     check_supported(model)
     D = dims.numel()
     flat = x_base.reshape(-1)
     t = a.clone()
     width = b - a
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("start", "end", "at", "z", "v")}
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("start", "end", "at", "z", "v", "valid")}
     active = width > 0
     count = torch.zeros(D, dtype=torch.long, device=a.device)
+    evaluations = torch.ones(D, dtype=torch.long, device=a.device)  # the check at b
+    step_in = torch.full_like(t, STEP_IN)  # per line: how far inside the piece to evaluate, in units of width
+    last_v: torch.Tensor | None = None  # (D, C) slope of each line's latest piece
     recorder = _CrossingRecorder()
     handles = [m.register_forward_pre_hook(recorder.hook) for m in model.modules() if isinstance(m, PIECEWISE_MODULES)]
     try:
@@ -92,29 +98,46 @@ def walk(
             if int(count.max()) >= MAX_PIECES:
                 raise ValueError(f"more than {MAX_PIECES} linear pieces on one line: use estimator='gauss'")
             # Evaluate just inside the piece, at a point the input's dtype represents exactly.
-            at = torch.minimum(t + STEP_IN * width, b).to(flat.dtype).double()
-            at = torch.where(at > t, at, t + STEP_IN * width)
+            at = torch.minimum(t + step_in * width, b).to(flat.dtype).double()
+            at = torch.where(at > t, at, t + step_in * width)
             rows = active.nonzero().squeeze(1)
             z, v, step = _evaluate(model, flat, x_base.shape, dims[rows], at[rows], recorder)
-            end = torch.full_like(t, math.nan)
-            end[rows] = torch.minimum(at[rows] + step, b[rows])
-            for key, value in (("start", t), ("end", torch.where(active, end, t)), ("at", at)):
-                out[key].append(value.clone())
+            if last_v is None:
+                last_v = torch.zeros(D, z.shape[1], dtype=torch.float64, device=a.device)
+            stale = (count[rows] > 0) & (step_in[rows] < MAX_STEP_IN) & (
+                (v - last_v[rows]).abs().amax(-1) <= SAME_SLOPE * (1 + last_v[rows].abs().amax(-1))
+            )
+            fresh = rows[~stale]
+            step_in[rows[stale]] *= 10
+            step_in[fresh] = STEP_IN
+            valid = torch.zeros(D, dtype=torch.bool, device=a.device)
+            valid[fresh] = True
+            end = t.clone()
+            end[fresh] = torch.minimum(at[fresh] + step[~stale], b[fresh])
             full_z = torch.zeros(D, z.shape[1], dtype=torch.float64, device=a.device)
             full_v = torch.zeros_like(full_z)
             full_z[rows], full_v[rows] = z, v
-            out["z"].append(full_z)
-            out["v"].append(full_v)
-            count[rows] += 1
-            t = torch.where(active, end, t)  # end is NaN exactly where a line was already done
+            for key, value in (("start", t), ("end", end), ("at", at), ("z", full_z), ("v", full_v), ("valid", valid)):
+                out[key].append(value.clone())
+            last_v[fresh] = v[~stale]
+            evaluations[rows] += 1
+            count[fresh] += 1
+            t = end
             active = active & (t < b)
         z_end = _evaluate(model, flat, x_base.shape, dims, b, recorder)[0]
     finally:
         for handle in handles:
             handle.remove()
+    # Each line's valid pieces first, in order; the rest is zero-length padding.
+    valid = torch.stack(out["valid"], 1)  # (D, iterations)
+    order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices
+    gather = lambda x: x.gather(1, order if x.dim() == 2 else order[..., None].expand_as(x))  # noqa: E731
+    start, end = gather(torch.stack(out["start"], 1)), gather(torch.stack(out["end"], 1))
+    sorted_valid = gather(valid)
+    end = torch.where(sorted_valid, end, start)
     pieces = Pieces(
-        *(torch.stack(out[k], 1) for k in ("start", "end", "at")),
-        torch.stack(out["z"], 1), torch.stack(out["v"], 1), count, z_end,
+        start, end, gather(torch.stack(out["at"], 1)),
+        gather(torch.stack(out["z"], 1)), gather(torch.stack(out["v"], 1)), count, z_end, evaluations,
     )
     _check_continuity(pieces)
     return pieces
