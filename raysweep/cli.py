@@ -131,11 +131,22 @@ def _open_run(path: str) -> tuple[RunStore, list[cfg.TrialConfig]]:
 
 
 def _resume(args: argparse.Namespace) -> int:
+    from raysweep import __version__, store, sweep
+
+    run_store = store.RunStore(args.run_dir)
+    if not run_store.exists() and run_store.recoverable_trials():
+        executor = "ray" if run_store.has_tune_state() else "local"
+        manifest = run_store.rebuild_manifest({"raysweep": __version__, "executor": executor})
+        print(f"raysweep: rebuilt {run_store.manifest_path} from the Parquet files ({len(manifest['trials'])} trial(s))")
     run_store, trials = _open_run(args.run_dir)
-    executor = run_store.manifest().get("executor", "local")
-    if all(len(run_store.epochs_written(t.name)) >= t.epochs for t in trials):
-        print(f"raysweep: {args.run_dir} is already finished; nothing to do")
+    recomputed = sweep.repair(run_store, trials, progress=_say)
+    for problem in run_store.checkpoint_problems():
+        print(f"raysweep: note: checkpoint {problem}; it is never resumed from (delete it at will)")
+    if all(sweep.last_written(run_store, t) >= t.epochs for t in trials):
+        done = f"finished after {recomputed} repair(s)" if recomputed else "already finished; nothing to do"
+        print(f"raysweep: {args.run_dir} is {done}")
         return 0
+    executor = run_store.manifest().get("executor", "local")
     with _cluster(executor, args.address):
         _execute(executor, run_store, trials, address=args.address, resume=True)
     print(f"raysweep: done. Results in {args.run_dir}")
@@ -143,13 +154,17 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from raysweep.store import TABLES
-
     run_store, trials = _open_run(args.run_dir)
-    damaged = [path for table in TABLES for path in run_store.damaged(table)]
-    for path in damaged:
-        print(f"DAMAGED {path}: truncated or corrupt; move it out of the run and re-run that trial's epoch")
-    if damaged:
+    problems = [
+        f"DAMAGED {reason}; `raysweep resume {args.run_dir}` measures epoch {epoch} of {trial.name} again"
+        for trial in trials
+        for epoch, reason in run_store.damaged_epochs(trial).items()
+    ] + [
+        f"CHECKPOINT {problem}; `raysweep resume {args.run_dir}` does not resume from it" for problem in run_store.checkpoint_problems()
+    ]
+    for line in problems:
+        print(line)
+    if problems:
         return 1
     epochs = run_store.read("epochs")
     for trial in trials:

@@ -84,6 +84,13 @@ class TrialConfig:
                 raise UserError(f"{key}={value}: must be at least 1 (or leave it unset)")
         if self.estimator not in ESTIMATORS:
             raise UserError(f"estimator={self.estimator!r}: use one of {', '.join(ESTIMATORS)}")
+        if self.seed < 0:
+            raise UserError(f"seed={self.seed}: must be 0 or more")
+        if self.estimator == "mc" and (self.replicates < 2 or self.nodes % self.replicates):
+            raise UserError(
+                f"estimator=mc with nodes={self.nodes}, replicates={self.replicates}: the standard errors need "
+                "replicates >= 2 that divide nodes, e.g. nodes=32 replicates=8"
+            )
         if self.embed_points < 0:
             raise UserError(f"embed_points={self.embed_points}: must be 0 or more")
         if self.lr is not None and not self.lr > 0:
@@ -197,4 +204,5 @@ def _convert(key: str, text: str, kind: object) -> object:
         return kind(text)  # type: ignore[operator]
     except ValueError:
         name = getattr(kind, "__name__", str(kind))
-        raise UserError(f"{key}={text!r} is not a valid {name}") from None
+        example = {"int": "a whole number, e.g. 3", "float": "a number, e.g. 0.001", "bool": "true or false"}.get(name, name)
+        raise UserError(f"{key}={text!r} is not a valid {name}: give {example}") from None

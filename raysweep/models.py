@@ -206,7 +206,7 @@ def split(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 def _import_class(path: str) -> Callable[..., object]:
     module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
+    if not module_name or not attr or not all(part.isidentifier() for part in module_name.split(".")):
         raise UserError(f"bad import path {path!r}: write it as 'package.module:ClassName'")
     try:
         module = importlib.import_module(module_name)

@@ -12,6 +12,11 @@ One file per (dataset, trial, epoch): a re-run epoch replaces its files, so rows
 are never doubled. Every file is written to a temporary name and moved into
 place, so a reader sees it whole or not at all. `pandas.read_parquet(run/"packets")`
 reads a whole dataset; the trial is a column of every file.
+
+Every Parquet file carries its trial's config and the run's id in its schema
+metadata, and every checkpoint carries the run's id and trial name: a missing
+manifest can be rebuilt from the files, and a checkpoint copied in from another
+run is recognised and never resumed from.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from raysweep.errors import UserError
 from raysweep.trial import EpochResult
 
 TABLES = ("epochs", "packets", "embeddings")
+REQUIRED = ("epochs", "packets")  # written every epoch; embeddings only when the trial draws Fig. 1 points
+TUNE_FOLDER = "tune"  # Ray Tune's own state and checkpoints, inside the run directory
 KEEP_CHECKPOINTS = 2  # the newest and the one before, in case the newest was cut short
 
 SCHEMAS = {
@@ -60,6 +67,16 @@ SCHEMAS = {
 }
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_EPOCH = re.compile(r"epoch-(\d+)\.parquet$")
+_EPOCH_PT = re.compile(r"epoch-(\d+)\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that must not be resumed from: damaged, or written by another run or trial."""
+
+
+def _checkpoint_epoch(path: str) -> int:
+    return int(_EPOCH_PT.search(path).group(1))
 
 
 def check_name(name: str) -> str:
@@ -79,6 +96,7 @@ class RunStore:
             self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(uri)
         self.uri = uri
         self.root = self.root.rstrip("/")
+        self._manifest: dict | None = None
 
     @property
     def location(self) -> str:
@@ -93,10 +111,13 @@ class RunStore:
     def exists(self) -> bool:
         return self.fs.get_file_info(self.manifest_path).type == pafs.FileType.File
 
+    def has_tune_state(self) -> bool:
+        return self.fs.get_file_info(f"{self.root}/{TUNE_FOLDER}").type == pafs.FileType.Directory
+
     def create(self, manifest: dict) -> None:
         self.check_new()
         self.fs.create_dir(self.root, recursive=True)
-        self._write_bytes(self.manifest_path, json.dumps(manifest, indent=2, default=str).encode())
+        self._write_manifest(manifest)
 
     def check_new(self) -> None:
         """Refuse a path that is a file, an existing run, or a folder of something else."""
@@ -109,19 +130,76 @@ class RunStore:
             raise UserError(f"--out {self.uri} is a non-empty directory that is not a run: choose an empty or new path")
 
     def manifest(self) -> dict:
+        """The run's manifest (read once, then cached)."""
+        if self._manifest is not None:
+            return self._manifest
         if not self.exists():
+            if self.recoverable_trials():
+                raise UserError(
+                    f"{self.uri} has results but no manifest.json: `raysweep resume {self.uri}` rebuilds it from the "
+                    "Parquet files' metadata"
+                )
             raise UserError(f"{self.uri} is not a raysweep run (no manifest.json): give the --out path of a run")
         with self.fs.open_input_stream(self.manifest_path) as f:
             try:
-                return json.loads(f.read())
+                self._manifest = json.loads(f.read())
             except json.JSONDecodeError as exc:
                 raise UserError(f"{self.manifest_path} is corrupt ({exc}): restore it or start a new run") from None
+        return self._manifest
+
+    @property
+    def run_id(self) -> str | None:
+        """The id the manifest gave this run (None for runs written before ids existed)."""
+        return self.manifest().get("run_id")
+
+    def recoverable_trials(self) -> dict[str, dict]:
+        """Trial configs (and the run id) read back from the metadata of intact `epochs/` files."""
+        selector = pafs.FileSelector(f"{self.root}/epochs", recursive=True, allow_not_found=True)
+        found: dict[str, dict] = {}
+        for info in sorted(self.fs.get_file_info(selector), key=lambda i: i.path):
+            if info.type != pafs.FileType.File or info.base_name.startswith(".") or info.path.split("/")[-2] in found:
+                continue
+            try:
+                with self.fs.open_input_file(info.path) as f:
+                    meta = pq.read_schema(f).metadata or {}
+            except (pa.ArrowInvalid, OSError):
+                continue
+            if b"raysweep.trial" in meta:
+                found[info.path.split("/")[-2]] = {
+                    "config": json.loads(meta[b"raysweep.trial"]),
+                    "run_id": meta.get(b"raysweep.run", b"").decode() or None,
+                }
+        return found
+
+    def rebuild_manifest(self, extra: dict) -> dict:
+        """Write a manifest from the Parquet metadata after the original was lost; returns it.
+
+        Trials that never finished an epoch left no file, so they cannot be recovered.
+        """
+        found = self.recoverable_trials()
+        if not found:
+            raise UserError(f"{self.uri} has no manifest.json and no readable results: it is not a run to resume")
+        run_ids = {t["run_id"] for t in found.values()}
+        if len(run_ids) > 1:
+            raise UserError(f"{self.uri} mixes files of several runs ({', '.join(map(str, run_ids))}): it cannot be rebuilt")
+        manifest = {
+            **extra,
+            "run_id": run_ids.pop(),
+            "rebuilt": "from the Parquet files' metadata; trials that never finished an epoch are not listed",
+            "trials": {name: t["config"] for name, t in sorted(found.items())},
+        }
+        self._write_manifest(manifest)
+        return manifest
+
+    def _write_manifest(self, manifest: dict) -> None:
+        self._write_bytes(self.manifest_path, json.dumps(manifest, indent=2, default=str).encode())
+        self._manifest = manifest
 
     # -- results ------------------------------------------------------------------
     def write_epoch(self, config: TrialConfig, result: EpochResult) -> None:
         """Write the epoch's three tables, each replacing any earlier file of that epoch."""
         name = check_name(config.name)
-        meta = {b"raysweep.trial": json.dumps(asdict(config)).encode()}
+        meta = {b"raysweep.trial": json.dumps(asdict(config)).encode(), b"raysweep.run": (self.run_id or "").encode()}
         epochs = pd.DataFrame(result.metrics).assign(
             trial=name, arch=config.arch, dataset=config.dataset, seed=config.seed
         )
@@ -154,8 +232,8 @@ class RunStore:
         except (pa.ArrowInvalid, OSError) as exc:
             bad = self.damaged(table) or [base]
             raise UserError(
-                f"{bad[0]} is truncated or corrupt ({str(exc).splitlines()[0][:120]}): move it out of the run "
-                f"({len(bad)} damaged file(s) in {table}/; `raysweep status` lists them all)"
+                f"{bad[0]} is truncated or corrupt ({str(exc).splitlines()[0][:120]}): `raysweep resume {self.uri}` "
+                f"recomputes its epoch ({len(bad)} damaged file(s) in {table}/; `raysweep status` lists them all)"
             ) from None
         missing = [c for c in schema.names if c not in dataset.schema.names]
         if missing:
@@ -181,30 +259,106 @@ class RunStore:
                 bad.append(info.path)
         return sorted(bad)
 
-    def epochs_written(self, trial: str) -> list[int]:
-        """Epochs whose `epochs/` file exists for this trial."""
-        selector = pafs.FileSelector(f"{self.root}/epochs/{check_name(trial)}", allow_not_found=True)
-        return sorted(int(m.group(1)) for f in self.fs.get_file_info(selector) if (m := re.search(r"epoch-(\d+)\.parquet$", f.path)))
+    def epochs_written(self, trial: str, table: str = "epochs") -> list[int]:
+        """Epochs whose file of `table` exists for this trial (intact or not)."""
+        selector = pafs.FileSelector(f"{self.root}/{table}/{check_name(trial)}", allow_not_found=True)
+        return sorted(int(m.group(1)) for f in self.fs.get_file_info(selector) if (m := _EPOCH.search(f.path)))
+
+    def damaged_epochs(self, config: TrialConfig) -> dict[int, str]:
+        """Epochs up to the trial's last written one that must be recomputed, each with the reason.
+
+        An epoch is damaged when one of its files does not read, or when a required
+        file (or, if the trial draws Fig. 1 points, its embeddings file) is missing.
+        """
+        name = check_name(config.name)
+        required = REQUIRED + (("embeddings",) if config.embed_points and config.attack_list else ())
+        written = {table: set(self.epochs_written(name, table)) for table in TABLES}
+        last = max((max(e) for e in written.values() if e), default=0)
+        problems: dict[int, str] = {}
+        for table in TABLES:
+            for path in self.damaged(table):
+                if path.split("/")[-2] == name and (m := _EPOCH.search(path)):
+                    problems.setdefault(int(m.group(1)), f"{path} is truncated or corrupt")
+        for epoch in range(1, last + 1):
+            for table in required:
+                if epoch not in written[table]:
+                    problems.setdefault(epoch, f"{self._epoch_path(table, name, epoch, 'parquet')} is missing")
+        return dict(sorted(problems.items()))
 
     # -- checkpoints --------------------------------------------------------------
-    def save_checkpoint(self, trial: str, epoch: int, state: dict) -> None:
+    def checkpoint_bytes(self, trial: str, state: dict) -> bytes:
+        """A trial state as checkpoint bytes, stamped with this run's id and the trial's name."""
         buffer = io.BytesIO()
-        torch.save(state, buffer)
-        self._write_bytes(self._epoch_path("checkpoints", check_name(trial), epoch, "pt"), buffer.getvalue())
+        torch.save({**state, "run_id": self.run_id, "trial": trial}, buffer)
+        return buffer.getvalue()
+
+    def parse_checkpoint(self, payload: bytes, trial: str) -> dict:
+        """A checkpoint's state, loaded with weights_only=True (no code runs).
+
+        Raises CheckpointError if it does not load or belongs to another run or trial.
+        """
+        try:
+            state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a damaged or hostile pickle
+            raise CheckpointError(f"does not load ({type(exc).__name__})") from None
+        if not isinstance(state, dict) or state.get("run_id") != self.run_id:
+            owner = state.get("run_id") if isinstance(state, dict) else None
+            raise CheckpointError(f"comes from another run (run_id {owner}, this run is {self.run_id})")
+        if state.get("trial") != trial:
+            raise CheckpointError(f"belongs to trial {state.get('trial')}, not {trial}")
+        return state
+
+    def save_checkpoint(self, trial: str, epoch: int, state: dict) -> None:
+        self._write_bytes(self._epoch_path("checkpoints", check_name(trial), epoch, "pt"), self.checkpoint_bytes(trial, state))
         for old in self._checkpoints(trial)[:-KEEP_CHECKPOINTS]:
             self.fs.delete_file(old)
 
-    def load_checkpoint(self, trial: str) -> dict | None:
-        """The newest checkpoint of a trial, or None. Loaded with weights_only=True (no code runs)."""
-        paths = self._checkpoints(trial)
-        if not paths:
-            return None
-        with self.fs.open_input_stream(paths[-1]) as f:
-            return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    def load_checkpoint(self, trial: str, before: int | None = None) -> dict | None:
+        """The newest usable checkpoint of a trial (of an epoch < `before`, if given), or None.
+
+        Damaged checkpoints and those of another run are passed over (`bad_checkpoints` names them).
+        """
+        for path in reversed(self._checkpoints(trial)):
+            if before is None or _checkpoint_epoch(path) < before:
+                try:
+                    return self._read_checkpoint(path, trial)
+                except CheckpointError:
+                    continue
+        return None
+
+    def bad_checkpoints(self, trial: str) -> dict[int, str]:
+        """This trial's checkpoints that do not load or belong elsewhere, by epoch, with the reason."""
+        return {
+            _checkpoint_epoch(path): problem
+            for path in self._checkpoints(trial)
+            if (problem := self._checkpoint_problem(path, trial))
+        }
+
+    def checkpoint_problems(self) -> list[str]:
+        """Every checkpoint file in the run (ours and Tune's) that does not load or is not this run's."""
+        problems = []
+        for info in self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True, allow_not_found=True)):
+            if info.type == pafs.FileType.File and info.base_name.endswith(".pt") and not info.base_name.startswith("."):
+                # checkpoints/<trial>/epoch-N.pt, or Tune's tune/<trial>/checkpoint_N/state.pt
+                parts = info.path[len(self.root) + 1 :].split("/")
+                if problem := self._checkpoint_problem(info.path, parts[1] if len(parts) > 2 else ""):
+                    problems.append(problem)
+        return sorted(problems)
+
+    def _read_checkpoint(self, path: str, trial: str) -> dict:
+        with self.fs.open_input_stream(path) as f:
+            return self.parse_checkpoint(f.read(), trial)
+
+    def _checkpoint_problem(self, path: str, trial: str) -> str | None:
+        try:
+            self._read_checkpoint(path, trial)
+        except CheckpointError as exc:
+            return f"{path} {exc}"
+        return None
 
     def _checkpoints(self, trial: str) -> list[str]:
         selector = pafs.FileSelector(f"{self.root}/checkpoints/{check_name(trial)}", allow_not_found=True)
-        return sorted(f.path for f in self.fs.get_file_info(selector) if f.path.endswith(".pt"))
+        return sorted(f.path for f in self.fs.get_file_info(selector) if _EPOCH_PT.search(f.path))
 
     # -- plumbing -----------------------------------------------------------------
     def _epoch_path(self, table: str, trial: str, epoch: int, ext: str) -> str:

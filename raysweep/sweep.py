@@ -1,8 +1,10 @@
 """Run a sweep's trials and keep the run directory in step: the `--executor local` driver.
 
 Each epoch: the trial trains and measures, the store writes the epoch's rows,
-then the checkpoint. A crash between the two repeats that epoch on resume and
-replaces its rows, so nothing is lost or doubled.
+then the checkpoint. A crash between the two leaves the rows ahead of the
+checkpoint: resume trains that epoch again without re-measuring it. A crash
+inside an epoch leaves no rows for it (files are written whole), so resume runs
+it in full. `repair` recomputes damaged or missing files. Nothing is lost or doubled.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import uuid
 from typing import Callable
 
 import pandas as pd
@@ -21,7 +24,7 @@ import torch
 from raysweep import __version__, aggregates
 from raysweep.config import SweepConfig, TrialConfig
 from raysweep.store import RunStore, check_name
-from raysweep.trial import EpochResult, PacketRunner, Trial, run_local
+from raysweep.trial import EpochResult, PacketRunner, Trial, resolve_device, run_local
 
 Progress = Callable[[str], None]
 _PACKAGES = ("torch", "torchvision", "numpy", "pyarrow", "pandas", "seaborn", "scikit-learn", "ray")
@@ -35,6 +38,7 @@ def manifest(sweep: SweepConfig, *, preset: str, overrides: dict[str, str], exec
         raise ValueError(f"duplicate trial names in the grid: {names}")
     return {
         "raysweep": __version__,
+        "run_id": uuid.uuid4().hex,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "preset": preset,
         "overrides": overrides,
@@ -58,20 +62,18 @@ def trial_configs(run_manifest: dict) -> list[TrialConfig]:
 def preflight(trials: list[TrialConfig]) -> None:
     """Build every trial once on the CPU so that bad input fails here, before any cluster work."""
     for config in trials:
+        resolve_device(config.device)
         Trial(dataclasses.replace(config, device="cpu", limit_train=64, limit_test=16))
 
 
 def run_trials(
     store: RunStore, trials: list[TrialConfig], *, runner: PacketRunner = run_local, progress: Progress = print
 ) -> None:
-    """Run every trial to its last epoch, resuming each from its newest checkpoint."""
+    """Run every trial to its last epoch, resuming each from its newest usable checkpoint."""
     for config in trials:
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        trial = Trial(config)
-        state = store.load_checkpoint(config.name)
-        if state is not None:
-            trial.load_state_dict(state)
+        _set_threads(config)
+        last = last_written(store, config)
+        trial = Trial.restored(config, store.load_checkpoint(config.name, before=last + 1), last)
         if trial.done:
             progress(f"[{config.name}] already finished ({trial.epoch}/{config.epochs} epochs)")
         while not trial.done:
@@ -79,6 +81,42 @@ def run_trials(
             store.write_epoch(config, result)
             store.save_checkpoint(config.name, trial.epoch, trial.state_dict())
             progress(epoch_line(config, result))
+
+
+def last_written(store: RunStore, config: TrialConfig) -> int:
+    """The trial's last epoch with results: a resume trains up to it again but does not re-measure it.
+
+    (The files are written before the checkpoint, so a stop in between leaves them ahead of it.)
+    """
+    return min(config.epochs, max(store.epochs_written(config.name), default=0))
+
+
+def repair(store: RunStore, trials: list[TrialConfig], *, runner: PacketRunner = run_local, progress: Progress = print) -> int:
+    """Recompute what is damaged, and nothing else; returns how many epochs and checkpoints it recomputed.
+
+    A damaged or missing epoch is measured again, and a damaged or foreign checkpoint is
+    rebuilt, each from the newest usable checkpoint before it (or the start), training
+    the epochs in between without measuring them or writing their files.
+    """
+    recomputed = 0
+    for config in trials:
+        _set_threads(config)
+        for epoch, reason in store.damaged_epochs(config).items():
+            trial = Trial.restored(config, store.load_checkpoint(config.name, before=epoch), epoch - 1)
+            store.write_epoch(config, trial.run_epoch(runner))
+            progress(f"[{config.name}] epoch {epoch} measured again ({reason})")
+            recomputed += 1
+        for epoch, reason in store.bad_checkpoints(config.name).items():
+            trial = Trial.restored(config, store.load_checkpoint(config.name, before=epoch), epoch)
+            store.save_checkpoint(config.name, epoch, trial.state_dict())
+            progress(f"[{config.name}] checkpoint of epoch {epoch} rebuilt ({reason})")
+            recomputed += 1
+    return recomputed
+
+
+def _set_threads(config: TrialConfig) -> None:
+    if config.threads:
+        torch.set_num_threads(config.threads)
 
 
 def epoch_line(config: TrialConfig, result: EpochResult) -> str:

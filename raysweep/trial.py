@@ -144,19 +144,45 @@ class Trial:
         self.generator.set_state(state["generator"])
         self.dims = state["dims"]
 
+    @classmethod
+    def restored(cls, config: TrialConfig, state: dict | None, epoch: int) -> Trial:
+        """The trial after `epoch` epochs: from a checkpoint's state (None: the start), the rest trained again.
+
+        The epochs between the checkpoint and `epoch` are trained without being measured,
+        which reaches the state an unbroken run had (see `train_epoch`).
+        """
+        trial = cls(config)
+        if state is not None:
+            trial.load_state_dict(state)
+        if trial.epoch > epoch:
+            raise ValueError(f"checkpoint of epoch {trial.epoch} is past epoch {epoch}")
+        while trial.epoch < epoch:
+            trial.train_epoch()
+        return trial
+
     @property
     def done(self) -> bool:
         return self.epoch >= self.config.epochs
 
+    def train_epoch(self) -> float:
+        """Train one epoch without measuring it; returns the mean training loss. Advances `self.epoch`.
+
+        Training draws only on the trial's own generator (measurements seed theirs from
+        (seed, epoch)), so replaying epochs this way reaches the state an unbroken run had.
+        """
+        loss = train.train_epoch(
+            self.model, self.optimizer, self.scheduler, self.data.x_train, self.data.y_train, self.recipe,
+            generator=self.generator, epoch=self.epoch + 1,
+        )
+        self.epoch += 1
+        return loss
+
     def run_epoch(self, runner: PacketRunner = run_local) -> EpochResult:
         """Train one epoch, then measure it. Advances `self.epoch`."""
         cfg, d = self.config, self.data
-        epoch = self.epoch + 1
         start = time.perf_counter()
-        train_loss = train.train_epoch(
-            self.model, self.optimizer, self.scheduler, d.x_train, d.y_train, self.recipe,
-            generator=self.generator, epoch=epoch,
-        )
+        train_loss = self.train_epoch()
+        epoch = self.epoch
         self.model.eval()
         # Attack randomness depends on (seed, epoch) only, so a resumed epoch repeats exactly.
         attack_gen = torch.Generator(self.device).manual_seed(cfg.seed * 100_003 + epoch)
@@ -180,7 +206,6 @@ class Trial:
             for space, rows in measured.items()
             for row in rows
         ]
-        self.epoch = epoch
         return EpochResult(epoch, metrics, packets, embeddings)
 
     def _measure(self, model, x_test, lo, hi, scale, train_loss, generator) -> list[dict]:

@@ -4,8 +4,10 @@ Each Tune trial runs the core's epoch loop (`trial.Trial`); its packet stage fan
 out through `remote.RayRunner` into the trial's own placement group. Per epoch
 the trial writes its rows to the run directory, then reports to Tune with a
 checkpoint. A trial that dies restarts from its newest checkpoint
-(`FailureConfig(max_failures)`) and repeats at most the epoch it was in, whose
-files it then replaces: no rows lost, none doubled. Tune keeps its own state in
+(`FailureConfig(max_failures)`), trains again without measuring any epoch whose
+rows were written after that checkpoint, and runs the epoch it was in anew: no
+rows lost, none doubled. A checkpoint that is not this run's is never loaded;
+the trial then trains again from the start. Tune keeps its own state in
 `<run>/tune`, so `Tuner.restore` resumes a stopped run.
 """
 
@@ -22,11 +24,10 @@ from raysweep import raycluster
 from raysweep.config import TrialConfig
 from raysweep.errors import UserError
 from raysweep.remote import RayRunner
-from raysweep.store import RunStore
-from raysweep.sweep import epoch_line
+from raysweep.store import TUNE_FOLDER, CheckpointError, RunStore
+from raysweep.sweep import epoch_line, last_written
 from raysweep.trial import EpochResult, Trial
 
-EXPERIMENT = "tune"  # Tune's folder inside the run directory
 STATE_FILE = "state.pt"
 MAX_FAILURES = 3  # restarts of a trial from its newest checkpoint
 
@@ -53,12 +54,8 @@ def trainable(params: dict) -> None:
     torch.set_num_threads(config.threads or int(1 + config.workers))
     store = RunStore(params["run"])
     try:
-        trial = Trial(config)
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
-            trial.load_state_dict(state)
+        last = last_written(store, config)
+        trial = Trial.restored(config, _checkpoint_state(store, config.name, last), last)
         # While its tasks run the trial only waits, so its CPU goes to them too.
         task_threads = config.threads or max(1, (1 + config.workers) // config.workers)
         runner = RayRunner(cpus=1, gpus=params["task_gpus"], threads=task_threads)
@@ -67,11 +64,29 @@ def trainable(params: dict) -> None:
             store.write_epoch(config, result)
             print(epoch_line(config, result), flush=True)
             with tempfile.TemporaryDirectory() as folder:
-                torch.save(trial.state_dict(), os.path.join(folder, STATE_FILE))
+                with open(os.path.join(folder, STATE_FILE), "wb") as f:
+                    f.write(store.checkpoint_bytes(config.name, trial.state_dict()))
                 tune.report(summary(result), checkpoint=tune.Checkpoint.from_directory(folder))
     except UserError as exc:
         # Bad input or a NaN repeats on every retry: end the trial and let the driver say why.
         tune.report({"error": str(exc)})
+
+
+def _checkpoint_state(store: RunStore, trial: str, last: int) -> dict | None:
+    """The state in Tune's checkpoint of this trial, or None (start over): none, unusable, or past `last`.
+
+    (A checkpoint past the last written epoch means results were deleted: they are measured again.)
+    """
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder, open(os.path.join(folder, STATE_FILE), "rb") as f:
+        try:
+            state = store.parse_checkpoint(f.read(), trial)
+        except CheckpointError as exc:
+            print(f"[{trial}] checkpoint {exc}: not used; training again from the start", flush=True)
+            return None
+    return state if state["epoch"] <= last else None
 
 
 def summary(result: EpochResult) -> dict:
@@ -112,7 +127,7 @@ def run(store: RunStore, trials: list[TrialConfig], *, address: str | None = Non
         param_space=param_space,
         tune_config=tune.TuneConfig(trial_name_creator=_name, trial_dirname_creator=_name),
         run_config=tune.RunConfig(
-            name=EXPERIMENT,
+            name=TUNE_FOLDER,
             storage_path=store.location,
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -126,7 +141,7 @@ def resume(store: RunStore, trials: list[TrialConfig], *, address: str | None = 
     """Continue a stopped or crashed Tune run from its newest checkpoints."""
     _quiet()
     raycluster.connect(address)
-    path = f"{store.location}/{EXPERIMENT}"
+    path = f"{store.location}/{TUNE_FOLDER}"
     if not tune.Tuner.can_restore(path):
         raise UserError(f"{store.uri} has no Tune state to resume from: start it again with `raysweep run`")
     tuner = tune.Tuner.restore(path, trainable=_trainable_with_resources(trials), resume_errored=True)

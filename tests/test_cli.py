@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from datafiles import write_idx_dataset
 from raysweep.cli import main
@@ -67,38 +68,93 @@ def test_preset_with_dataset_override_trains_on_a_folder_of_standard_files(tmp_p
     assert set(epochs["dataset"]) == {"mnist"} and set(epochs["arch"]) == {"mnist_conv3"}
 
 
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="device=cuda is valid where CUDA is visible")
+
+# SPEC 6 / issue 7: every kind of bad input exits 2 with one line naming the fix. README's
+# troubleshooting table shows each of these messages (test below).
 BAD_INPUT = [
-    (["run", "arch=vgg"], "unknown architecture"),
-    (["run", "dataset=imagenet"], "unknown dataset"),
-    (["run", "epochs"], "not key=value"),
-    (["run", "epoch=3"], "unknown key 'epoch'"),
+    (["run", "arch=vgg"], "unknown architecture 'vgg': use one of mnist_conv3, cifar_conv4, resnet9 or an import path"),
+    (["run", "dataset=imagenet"], "unknown dataset 'imagenet': use one of digits, synthetic, mnist, fashion-mnist, cifar10"),
+    (["run", "dataset=../x"], "unknown dataset '../x'"),
+    (["run", "dataset=synthetic:1x28"], "bad dataset 'synthetic:1x28': write synthetic or synthetic:CxHxW"),
+    (["run", "attacks=cw:eps=1"], "unknown or malformed attack 'cw:eps=1': write it as 'pgd:eps=8/255,alpha=2/255,steps=4'"),
+    (["run", "attacks=pgd:eps=-1,alpha=1,steps=1"], "attack eps must be a finite number >= 0, got -1.0"),
+    (["run", "attacks=pgd:eps=0.1,alpha=0.01,steps=-5"], "attack steps must be an integer >= 1, got -5"),
+    (["run", "epochs"], "override 'epochs' is not key=value, e.g. epochs=10"),
+    (["run", "epoch=3"], "unknown key 'epoch' in 'epoch=3'; valid keys: arch, dataset, seed"),
     (["run", "epochs=-1"], "epochs=-1: must be at least 1"),
-    (["run", "dataset=mnist", "download=false", "data_root={tmp}/empty"], "pass data_root=DIR"),
+    (["run", "seed=a"], "seed='a' is not a valid int: give a whole number"),
+    (["run", "seed=-1"], "seed=-1: must be 0 or more"),
+    (["run", "lr=-1"], "lr=-1.0: must be positive"),
+    (["run", "estimator=simpson"], "estimator='simpson': use one of auto, piecewise, gauss, mc"),
+    (["run", "estimator=mc", "replicates=3"], "the standard errors need replicates >= 2 that divide nodes"),
+    (["run", "spaces=color"], "spaces='color': use a comma list of pixel, feature"),
+    (["run", "dims=100000"], "dims=100000 but the pixel space has only 784 dimensions: use dims=784 or dims=all"),
+    (["run", "dataset=mnist", "download=false", "data_root={tmp}/empty"], "or pass data_root=DIR"),
+    (["run", "arch=cifar_conv4"], "arch=cifar_conv4 (it expects 3x32x32) does not fit dataset=digits"),
     (["run", "arch=collections:OrderedDict"], "name an nn.Module class with 'features' and 'classifier'"),
     (["run", "arch=torch.nn:Identity"], "must have nn.Module attributes 'features' and 'classifier'"),
-    (["run", "arch=cifar_conv4"], "does not fit dataset=digits"),
-    (["run", "dims=100000"], "dims=100000 but the pixel space has only 784"),
-    (["run", "--preset", "demo", "seed=a"], "seed='a' is not a valid int"),
-    (["run", "attacks=pgd:eps=-1,alpha=1,steps=1"], "eps"),
-    (["run", "--out", "{tmp}/afile"], "is a file"),
-    (["status", "{tmp}"], "not a raysweep run"),
-    (["resume", "{tmp}/nowhere"], "not a raysweep run"),
+    (["run", "arch=../evil:X"], "bad import path '../evil:X': write it as 'package.module:ClassName'"),
+    pytest.param(["run", "device=cuda"], "no CUDA device is visible: use device=cpu or device=auto", marks=NO_CUDA),
+    (["run", "--out", "{tmp}/afile"], "is a file: give a directory path for the run"),
+    (["run", "--out", "{tmp}/run"], "already holds a run: continue it with `raysweep resume"),
+    (["run", "--out", "{tmp}/notes"], "is a non-empty directory that is not a run: choose an empty or new path"),
+    (["run", "--out", "{tmp}/a", "storage={tmp}/b"], "disagree: give one of them"),
+    (["run", "--executor", "ray", "--address", "127.0.0.1:1", "--out", "{tmp}/r"], "cannot reach a Ray cluster at '127.0.0.1:1'"),
+    (["status", "{tmp}"], "is not a raysweep run (no manifest.json): give the --out path of a run"),
+    (["resume", "{tmp}/nowhere"], "is not a raysweep run (no manifest.json)"),
+    (["status", "{tmp}/lost"], "has results but no manifest.json: `raysweep resume"),
+    (["figures", "{tmp}/run", "--epochs", "a,b"], "--epochs 'a,b': give comma-separated epoch numbers, e.g. 1,21,41"),
 ]
 
 
-@pytest.mark.parametrize("argv, message", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
-def test_bad_input_exits_2_with_one_line_naming_the_fix(
-    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _message(case) -> str:
+    return case.values[1] if hasattr(case, "values") else case[1]
+
+
+@pytest.fixture
+def bad_input_scene(tmp_path: Path) -> Path:
+    """A folder with a file, a run, a folder of notes, and a run whose manifest is lost."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raysweep.store import RunStore
+
     (tmp_path / "afile").write_text("not a directory")
-    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    RunStore(str(tmp_path / "run")).create({"trials": {}})
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("mine")
+    lost = tmp_path / "lost" / "epochs" / "t"
+    lost.mkdir(parents=True)
+    table = pa.table({"trial": ["t"]}).replace_schema_metadata({b"raysweep.trial": b"{}"})
+    pq.write_table(table, lost / "epoch-0001.parquet")
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUT, ids=[" ".join(getattr(c, "values", c)[0]) for c in BAD_INPUT])
+def test_bad_input_exits_2_with_one_line_naming_the_fix(
+    argv: list[str], message: str, bad_input_scene: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tmp = bad_input_scene
+    snapshot = lambda: {p: p.read_bytes() for p in tmp.rglob("*") if p.is_file() and "cache" not in p.parts}  # noqa: E731
+    before = snapshot()
+    argv = [a.replace("{tmp}", str(tmp)) for a in argv]
     if argv[0] == "run" and "--out" not in argv:
-        argv += ["--executor", "local", "--out", str(tmp_path / "out")]
+        argv += ["--executor", "local", "--out", str(tmp / "out")]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("raysweep: error: ") and err.count("\n") == 1, err
     assert message in err
-    assert (tmp_path / "afile").read_text() == "not a directory"
+    assert snapshot() == before  # nothing written, nothing lost
+
+
+def test_readme_troubleshooting_table_shows_every_bad_input() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Troubleshooting") :].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    assert len(rows) >= 20
+    missing = [_message(c) for c in BAD_INPUT if _message(c).replace("|", "\\|") not in section]
+    assert not missing, f"README's troubleshooting table lacks: {missing}"
 
 
 def test_console_script_prints_help_and_no_traceback_on_bad_input(tmp_path: Path) -> None:

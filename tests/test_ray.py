@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import ray
+import torch
 
 from raysweep import sweep, tuner
 from raysweep.cli import main
@@ -116,17 +117,26 @@ def test_resume_after_the_driver_is_killed_finishes_the_run(ray_2_cpus: Path, tm
     cli = [sys.executable, "-m", "raysweep.cli"]
     driver = subprocess.Popen(
         [*cli, "run", "--preset", "smoke", "--out", str(out), *(f"{k}={v}" for k, v in overrides.items())],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ""},
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "driver.err", "w"), env={**os.environ, "RAY_ADDRESS": ""},
     )
     store = RunStore(str(out))
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (store.exists() and store.epochs_written("mnist_conv3-synthetic-s0")):
+    tune_checkpoints = out / "tune" / "mnist_conv3-synthetic-s0"
+    while time.monotonic() < deadline and not list(tune_checkpoints.glob("checkpoint_*/state.pt")):
+        assert driver.poll() is None, "the driver stopped before its first checkpoint"
         time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     assert len(store.epochs_written("mnist_conv3-synthetic-s0")) < 6, "the driver finished before it was killed"
+    # A checkpoint from another run planted over Tune's newest: never resumed from, the trial trains again.
+    newest = sorted(tune_checkpoints.glob("checkpoint_*/state.pt"))[-1]
+    elsewhere = RunStore(str(tmp_path / "elsewhere"))
+    elsewhere.create({"run_id": "elsewhere"})
+    newest.write_bytes(elsewhere.checkpoint_bytes("mnist_conv3-synthetic-s0", torch.load(newest, weights_only=True)))
+    assert any(p.startswith(f"{newest} comes from another run") for p in store.checkpoint_problems())
     resumed = subprocess.run([*cli, "resume", str(out)], capture_output=True, text=True, env={**os.environ, "RAY_ADDRESS": ""}, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "comes from another run (run_id elsewhere" in resumed.stdout + resumed.stderr
     assert store.epochs_written("mnist_conv3-synthetic-s0") == [1, 2, 3, 4, 5, 6]
     assert_same_rows(local_run(tmp_path, overrides), store)
     again = subprocess.run([*cli, "resume", str(out)], capture_output=True, text=True, timeout=120)
@@ -141,3 +151,27 @@ def test_unreachable_address_is_a_one_line_error_and_writes_nothing(tmp_path: Pa
         assert done.stderr.startswith("raysweep: error: cannot reach a Ray cluster at '127.0.0.1:1'")
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
         assert not (tmp_path / "r").exists()
+
+
+OUTSIDER = """
+import os, subprocess, sys
+import ray
+from ray._private.authentication.authentication_utils import is_token_auth_enabled
+from raysweep import raycluster
+
+raycluster.connect(num_cpus=1)
+print("token auth enabled:", is_token_auth_enabled())
+join = "import ray; ray.init(address=%r); print('JOINED')" % ray.get_runtime_context().gcs_address
+home = sys.argv[1]  # no ~/.ray/auth_token there: a process of another user on the network
+outsider = subprocess.run([sys.executable, "-c", join], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RAY_AUTH_MODE": "disabled", "HOME": home})
+print("outsider joined:", "JOINED" in outsider.stdout, "| token named:", "token" in outsider.stderr)
+"""
+
+
+def test_local_ray_keeps_token_authentication_and_refuses_a_process_without_the_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # raysweep must not need RAY_AUTH_MODE
+    done = subprocess.run([sys.executable, "-c", OUTSIDER, str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "token auth enabled: True" in done.stdout
+    assert "outsider joined: False | token named: True" in done.stdout

@@ -125,3 +125,45 @@ def test_manifest_holds_no_environment_values(monkeypatch: pytest.MonkeyPatch) -
     text = json.dumps(manifest(resolve("smoke", {}), preset="smoke", overrides={}, executor="local"), default=str)
     assert "very-secret-value-123" not in text and "another-secret-456" not in text
     assert "versions" in text and "code_revision" in text
+
+
+class _Payload:
+    """Unpickling this would create a file: what a hostile checkpoint could do."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (self.target,))
+
+
+def test_a_hostile_checkpoint_runs_no_code_and_is_refused(store: RunStore, tmp_path: Path) -> None:
+    import io
+
+    from raysweep.store import CheckpointError
+
+    target = tmp_path / "pwned"
+    buffer = io.BytesIO()
+    torch.save({"epoch": 1, "run_id": store.run_id, "trial": CONFIG.name, "x": _Payload(target)}, buffer)
+    with pytest.raises(CheckpointError, match="does not load"):
+        store.parse_checkpoint(buffer.getvalue(), CONFIG.name)
+    path = Path(store.root) / "checkpoints" / CONFIG.name / "epoch-0001.pt"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(buffer.getvalue())
+    assert store.load_checkpoint(CONFIG.name) is None
+    assert any(p.startswith(f"{path} does not load") for p in store.checkpoint_problems())
+    assert not target.exists()
+
+
+def test_every_torch_load_in_the_package_is_weights_only() -> None:
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    calls = [
+        (path.name, call)
+        for folder in ("raysweep", "jobs", "analysis", "bench")
+        for path in (root / folder).glob("*.py")
+        for call in re.findall(r"torch\.load\(.*", path.read_text())  # one call per line here
+    ]
+    assert calls, "no torch.load found: the scan is broken"
+    assert all("weights_only=True" in call for _, call in calls), calls
