@@ -32,7 +32,8 @@ ESTIMATORS = ("gauss", "mc", "piecewise")
 PIECE_NODES = 8  # Gauss nodes per sub-piece of a linear piece (piecewise)
 PIECE_SPREAD = 4.0  # sub-pieces keep the spread of logit changes within this (piecewise)
 DEFAULT_REPLICATES = 8  # independent Monte-Carlo batches behind the standard errors
-CPU_BATCH = 1024  # network inputs per forward-mode pass on the CPU
+CPU_BATCH = 1024  # network inputs per forward-mode pass on the CPU (on the plateau: BENCHMARKS.md)
+PIECEWISE_ROWS_PER_LINE = 16  # piecewise walks batch_size / this many lines at once (about 1.5 MiB each on mnist_conv3)
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,16 @@ def packet_stats(
     b = torch.as_tensor(b, dtype=torch.float64, device=x_base.device).expand(dims.shape).clone()
     with models.eval_mode(model):
         if estimator == "piecewise":
-            return _piecewise_stats(model, x_base, dims, a, b, loss_clip=loss_clip)
+            # Lines walk together; a group's memory grows with its pieces, so groups are set by the batch size.
+            lines = max(1, (batch_size or _default_batch(model, x_base)) // PIECEWISE_ROWS_PER_LINE)
+            parts = [
+                _piecewise_stats(model, x_base, dims[i : i + lines], a[i : i + lines], b[i : i + lines], loss_clip=loss_clip)
+                for i in range(0, max(dims.numel(), 1), lines)
+            ]
+            return PacketStats(**{
+                f.name: torch.cat([getattr(p, f.name) for p in parts]) if getattr(parts[0], f.name) is not None else None
+                for f in dataclasses.fields(PacketStats)
+            })
         t, w = quadrature.rule(estimator, nodes, a, b, generator=generator)
         g, dg = line_losses(
             model, x_base, dims, torch.cat([t, a[:, None], b[:, None]], 1), loss_clip=loss_clip, batch_size=batch_size

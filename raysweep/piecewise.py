@@ -33,8 +33,12 @@ AFFINE_MODULES = (
 )
 STEP_IN = 1e-6  # evaluate this fraction of (b - a) inside a piece, well above float32's resolution
 MAX_PIECES = 20_000  # per dimension; more means the net is not what the walk assumes
+
+
+class TooManyPieces(ValueError):
+    """A line has more linear pieces than the walk was allowed to visit."""
 SAME_SLOPE = 1e-6  # relative: a "new" piece whose slope matches the last one was evaluated in the old piece
-MAX_STEP_IN = 1e-3  # stop stepping further in here: a slope that stays equal is a breakpoint the logits ignore
+MAX_STEP_IN = 1e-5  # stop stepping further in here (a slope that stays equal is a breakpoint the logits ignore); further would jump past breakpoints where they are dense (resnet9)
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,8 @@ def check_supported(model: nn.Module) -> None:
 
 
 def walk(
-    model: nn.Module, x_base: torch.Tensor, dims: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+    model: nn.Module, x_base: torch.Tensor, dims: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+    *, max_pieces: int = MAX_PIECES,
 ) -> Pieces:
     """The linear pieces of every line x_base + (t - x_base[d]) e_d, t in [a_d, b_d]; model in eval mode.
 
@@ -95,8 +100,8 @@ def walk(
     handles = [m.register_forward_pre_hook(recorder.hook) for m in model.modules() if isinstance(m, PIECEWISE_MODULES)]
     try:
         while bool(active.any()):
-            if int(count.max()) >= MAX_PIECES:
-                raise ValueError(f"more than {MAX_PIECES} linear pieces on one line: use estimator='gauss'")
+            if int(count.max()) >= max_pieces:
+                raise TooManyPieces(f"more than {max_pieces} linear pieces on one line: use estimator='gauss'")
             # Evaluate just inside the piece, at a point the input's dtype represents exactly.
             at = torch.minimum(t + step_in * width, b).to(flat.dtype).double()
             at = torch.where(at > t, at, t + step_in * width)

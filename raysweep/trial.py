@@ -24,6 +24,8 @@ from raysweep.errors import UserError
 from raysweep.packets import PacketStats, packet_stats
 
 PCA_DIMS = 50  # embeddings keep this many principal components (t-SNE's usual input)
+AUTO_PROBE_LINES = 2  # lines estimator=auto walks to choose between piecewise and gauss
+AUTO_MAX_PIECES = 256  # pieces per probed line above which auto takes gauss
 
 
 @dataclass(frozen=True)
@@ -225,8 +227,8 @@ class Trial:
     def _packet_tasks(self, space, model, x_base, lo, hi, epoch) -> list[PacketTask]:
         cfg = self.config
         dims = self.dims[space]
-        estimator = cfg.estimator if cfg.estimator != "auto" else _auto_estimator(model)
         a, b = (torch.as_tensor(v, dtype=torch.float64).cpu().expand(x_base.numel())[dims] for v in (lo, hi))
+        estimator = cfg.estimator if cfg.estimator != "auto" else _auto_estimator(model, x_base, dims, a, b)
         return [
             PacketTask(
                 space, model, x_base, dims[i : i + cfg.chunk], a[i : i + cfg.chunk], b[i : i + cfg.chunk],
@@ -262,11 +264,19 @@ class Trial:
         }
 
 
-def _auto_estimator(model: nn.Module) -> str:
-    """piecewise where the net is ReLU/MaxPool (exact pieces), gauss where it is smooth or unknown."""
+def _auto_estimator(model: nn.Module, x_base: torch.Tensor, dims: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> str:
+    """piecewise where the net is ReLU/MaxPool and its lines have few pieces, else gauss.
+
+    The first AUTO_PROBE_LINES lines are walked with at most AUTO_MAX_PIECES pieces each.
+    Denser kinks (resnet9 has about 10^4 per unit of pixel) make the walk cost more
+    than fine Gauss rules, and float32 cannot resolve them (BENCHMARKS.md).
+    """
+    n = min(AUTO_PROBE_LINES, dims.numel())
+    device = x_base.device
     try:
-        piecewise.check_supported(model)
-    except ValueError:
+        with models.eval_mode(model):
+            piecewise.walk(model, x_base, dims[:n], a[:n].to(device), b[:n].to(device), max_pieces=AUTO_MAX_PIECES)
+    except ValueError:  # not ReLU/MaxPool, too many pieces, or a nonlinearity the walk cannot see
         return "gauss"
     return "piecewise"
 

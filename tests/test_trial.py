@@ -165,3 +165,22 @@ def test_auto_estimator_walks_relu_nets_exactly() -> None:
 def test_unknown_estimator_names_the_choices() -> None:
     with pytest.raises(UserError, match="estimator='simpson': use one of auto, piecewise, gauss, mc"):
         dataclasses.replace(TINY, estimator="simpson")
+
+
+@pytest.mark.parametrize("units, expected", [(8, "piecewise"), (2048, "gauss")])
+def test_auto_estimator_takes_gauss_where_kinks_are_too_dense_to_walk(units: int, expected: str) -> None:
+    from raysweep import piecewise
+    from raysweep.trial import AUTO_MAX_PIECES, _auto_estimator
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, units), torch.nn.ReLU(), torch.nn.Linear(units, 10))
+    with torch.no_grad():  # unit u's kink on either walked line lies at t = U(0, 1)
+        net[1].weight[:, :2] = 1.0
+        net[1].bias.copy_(-torch.rand(units) - 0.5 - net[1].weight[:, 2:].sum(1) * 0.5)
+    x_base = torch.full((1, 4, 4), 0.5)
+    dims, a, b = torch.tensor([0, 1]), torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    pieces = piecewise.walk(net.eval(), x_base, dims, a, b).count
+    # the oracle: one kink per unit (kinks closer than the walk's step-in merge)
+    assert all(0.99 * units < n <= units + 1 for n in pieces.tolist())
+    assert _auto_estimator(net, x_base, dims, a, b) == expected
+    assert (units + 1 > AUTO_MAX_PIECES) == (expected == "gauss")
