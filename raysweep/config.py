@@ -43,7 +43,7 @@ class TrialConfig:
     # neural packets
     spaces: str = "pixel,feature"  # which spaces to measure, comma-separated
     dims: int | None = 32  # K sampled dimensions per space, drawn once per trial; None or `all`: every one
-    estimator: str = "auto"  # auto (piecewise for ReLU/MaxPool nets, else gauss) | piecewise | gauss | mc
+    estimator: str = "auto"  # auto (piecewise for ReLU/MaxPool nets with few kinks per line, else gauss) | piecewise | gauss | mc
     nodes: int = 32  # evaluations per dimension
     replicates: int = 8  # Monte-Carlo batches behind the standard errors
     loss_clip: float | None = None  # clip the loss at C (paper supp. footnote 1)

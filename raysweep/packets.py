@@ -89,7 +89,7 @@ def line_losses(
     flat = x_base.reshape(-1)
     rows = dims.to(flat.device).repeat_interleave(t.shape[1])  # (D*n,)
     values = t.reshape(-1).to(device=flat.device, dtype=flat.dtype)
-    step = batch_size or _default_batch(model, x_base)
+    step = batch_size or default_batch(model, x_base)
     g, dg = [], []
     for start in range(0, rows.numel(), step):
         x, tangent = line_inputs(flat, rows[start : start + step], values[start : start + step])
@@ -230,7 +230,7 @@ def packet_stats(
     with models.eval_mode(model):
         if estimator == "piecewise":
             # Lines walk together; a group's memory grows with its pieces, so groups are set by the batch size.
-            lines = max(1, (batch_size or _default_batch(model, x_base)) // PIECEWISE_ROWS_PER_LINE)
+            lines = max(1, (batch_size or default_batch(model, x_base)) // PIECEWISE_ROWS_PER_LINE)
             parts = [
                 _piecewise_stats(model, x_base, dims[i : i + lines], a[i : i + lines], b[i : i + lines], loss_clip=loss_clip)
                 for i in range(0, max(dims.numel(), 1), lines)
@@ -317,7 +317,7 @@ def _standard_error(replicate_values: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(replicate_values).std(0) / len(replicate_values) ** 0.5
 
 
-def _default_batch(model: nn.Module, x_base: torch.Tensor, probe: int = 64) -> int:
+def default_batch(model: nn.Module, x_base: torch.Tensor, probe: int = 64) -> int:
     """Rows per pass. On a GPU: half the free memory over the measured cost of one row."""
     device = x_base.device
     if device.type != "cuda":

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from raysweep import attacks, data, features, models, piecewise, train
+from raysweep import allocator, attacks, data, features, models, piecewise, train
 from raysweep.config import TrialConfig
 from raysweep.errors import UserError
 from raysweep.packets import PacketStats, packet_stats
@@ -46,6 +46,7 @@ class PacketTask:
 
     def run(self) -> PacketStats:
         """The chunk's statistics, on the device of its tensors, returned on the CPU."""
+        allocator.keep_freed_memory()  # a Ray worker may run nothing else of raysweep
         stats = packet_stats(
             self.model, self.x_base, self.dims, self.a, self.b,
             estimator=self.estimator, nodes=self.nodes, replicates=self.replicates,
@@ -86,6 +87,7 @@ class Trial:
     """State of one (arch, dataset, seed) trial across epochs."""
 
     def __init__(self, config: TrialConfig) -> None:
+        allocator.keep_freed_memory()
         self.config = config
         self.device = resolve_device(config.device)
         self.data = data.load(

@@ -1,0 +1,104 @@
+"""Packet-stage throughput against the network's own forward+JVP throughput (SPEC 5, second target).
+
+    python bench/throughput.py [--threads N] [--repeats 3] [--smoke-test]
+
+Per architecture (random init, eval mode, float32, base point: a smooth mean image):
+- limit: network rows/s of torch.func.jvp(model, (x,), (tangent,)) with one-hot coordinate tangents,
+  at the batch the gauss packet stage runs (the default batch, or all its rows if fewer);
+- packet stage: raysweep.packets.packet_stats for gauss (32 nodes) and piecewise on K dimensions;
+  pairs/s (pairs = K x 10 classes), network rows/s (gauss: K x 34 rows; piecewise: its evaluations)
+  and limit / stage rows/s (the SPEC's target on a GPU: within 2x);
+- forward+JVP rows/s against the batch size, and the batch packet_stats picks by itself here.
+Times are medians of --repeats runs after one warm-up run.
+
+On Linux, glibc would hand big freed tensors back to the OS and fault them in again on every pass;
+raysweep's trials and packet tasks, and these scripts, raise its thresholds first (raysweep.allocator).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from common import DEVICE, interval, model_and_base, parser, print_table, setup, timed
+from raysweep.packets import PIECEWISE_ROWS_PER_LINE, default_batch, line_inputs, packet_stats
+
+NODES = 32  # gauss nodes per dimension
+
+
+class Sizes(NamedTuple):
+    dims: int  # K dimensions per packet-stage run
+    width: float  # interval width around the base pixel; 1 is [0, 1]
+    batches: tuple[int, ...]  # forward+JVP batch sweep
+
+
+SIZES = {  # a few seconds per measurement on one CPU core
+    "mnist_conv3": Sizes(256, 1.0, (64, 256, 1024, 4096)),
+    "cifar_conv4": Sizes(128, 1.0, (64, 256, 1024, 4096)),
+    # resnet9 has ~10^4 linear pieces per unit of pixel interval at random init (~40 ms per walk step
+    # on one core), so piecewise is timed on a narrow interval; rows/s is what compares.
+    "resnet9": Sizes(2, 0.002, (8, 32, 128)),
+}
+SMOKE = Sizes(1, 0.001, (8, 16))
+
+
+def jvp_rows_per_s(model: nn.Module, x_base: torch.Tensor, batch: int, repeats: int, warmup: int) -> float:
+    """Rows/s of one forward-mode pass over `batch` coordinate-line inputs, as packet_stats feeds them."""
+    gen = torch.Generator().manual_seed(0)
+    dims = torch.randint(0, x_base.numel(), (batch,), generator=gen)
+    x, tangent = line_inputs(x_base.reshape(-1), dims, torch.rand(batch, generator=gen))
+    x, tangent = x.view(batch, *x_base.shape), tangent.view(batch, *x_base.shape)
+
+    def run() -> None:
+        with torch.no_grad():
+            torch.func.jvp(model, (x,), (tangent,))
+
+    seconds, _ = timed(run, repeats=repeats, warmup=warmup)
+    return batch / seconds
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    setup(args.threads)
+    repeats, warmup = (1, 0) if args.smoke_test else (args.repeats, 1)
+    stage_rows, sweep_rows, defaults = [], [], []
+    for arch, sizes in SIZES.items():
+        sizes = SMOKE if args.smoke_test else sizes
+        model, x_base = model_and_base(arch)
+        default = default_batch(model, x_base)
+        dims = torch.randperm(x_base.numel(), generator=torch.Generator().manual_seed(1))[: sizes.dims]
+        a, b = interval(x_base, dims, sizes.width)
+        pairs = sizes.dims * 10
+        gauss_rows = sizes.dims * (NODES + 2)
+        batch = min(default, gauss_rows)
+        limit = jvp_rows_per_s(model, x_base, batch, repeats, warmup)
+        stage_rows.append([arch, "fwd+jvp limit", "", "", str(batch), "", "", f"{limit:.0f}", ""])
+        for estimator in ("gauss", "piecewise"):
+            seconds, stats = timed(
+                lambda: packet_stats(model, x_base, dims, a, b, estimator=estimator, nodes=NODES, batch_size=default),
+                repeats=repeats,
+                warmup=warmup,
+            )
+            rows = int(stats.evaluations.sum()) if stats.evaluations is not None else gauss_rows
+            label = f"gauss {NODES}" if estimator == "gauss" else "piecewise"
+            walk_batch = str(batch) if estimator == "gauss" else f"<={min(sizes.dims, default // PIECEWISE_ROWS_PER_LINE)}"
+            stage_rows.append([
+                arch, label, str(sizes.dims), f"{sizes.width:g}", walk_batch, f"{seconds:.3f}", f"{pairs / seconds:.0f}",
+                f"{rows / seconds:.0f}", f"{limit / (rows / seconds):.1f}",
+            ])
+        for n in sizes.batches:
+            sweep_rows.append([arch, str(n), f"{jvp_rows_per_s(model, x_base, n, repeats, warmup):.0f}"])
+        defaults.append(f"{arch} {default}")
+    print("## packet stage against the forward+JVP limit (pairs = K x 10 classes; rows = network inputs)")
+    print_table(["arch", "stage", "K", "width", "batch", "seconds", "pairs/s", "rows/s", "limit/stage"], stage_rows)
+    print("\n## forward+JVP rows/s against batch size")
+    print_table(["arch", "batch", "rows/s"], sweep_rows)
+    print(f"batch packet_stats picks by itself on {DEVICE.type}: {', '.join(defaults)}")
+
+
+if __name__ == "__main__":
+    main()
