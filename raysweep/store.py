@@ -197,16 +197,20 @@ class RunStore:
 
     # -- results ------------------------------------------------------------------
     def write_epoch(self, config: TrialConfig, result: EpochResult) -> None:
-        """Write the epoch's three tables, each replacing any earlier file of that epoch."""
+        """Write the epoch's three tables, each replacing any earlier file of that epoch.
+
+        `epochs` goes last: its file marks the epoch as written (`epochs_written`, and so
+        `sweep.last_written`), so a stop between files leaves the epoch to be measured again.
+        """
         name = check_name(config.name)
         meta = {b"raysweep.trial": json.dumps(asdict(config)).encode(), b"raysweep.run": (self.run_id or "").encode()}
         epochs = pd.DataFrame(result.metrics).assign(
             trial=name, arch=config.arch, dataset=config.dataset, seed=config.seed
         )
         tables = {
-            "epochs": epochs,
             "packets": pd.DataFrame(result.packets).assign(trial=name),
             "embeddings": pd.DataFrame(result.embeddings).assign(trial=name) if result.embeddings else None,
+            "epochs": epochs,
         }
         for table, frame in tables.items():
             if frame is None:

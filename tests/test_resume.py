@@ -146,6 +146,34 @@ def test_a_stop_between_writing_an_epoch_and_its_checkpoint_does_not_measure_it_
         pd.testing.assert_frame_equal(frame, frames(run)[table])
 
 
+def test_a_stop_between_an_epochs_files_measures_that_epoch_again(
+    finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed while it writes an epoch's tables: the restart must not take the epoch as written."""
+    from raysweep import sweep
+
+    store = RunStore(str(tmp_path / "run"))
+    store.create({"run_id": "stopped"})
+    trials = sweep.trial_configs(json.loads((finished / "manifest.json").read_text()))
+    write = RunStore._write_bytes
+    epoch_2_files: list[str] = []
+
+    def stop_before_epoch_2s_last_table(self: RunStore, path: str, payload: bytes) -> None:
+        if path.endswith("epoch-0002.parquet"):
+            epoch_2_files.append(path)
+            if len(epoch_2_files) == len(frames(finished)):
+                raise KeyboardInterrupt
+        write(self, path, payload)
+
+    monkeypatch.setattr(RunStore, "_write_bytes", stop_before_epoch_2s_last_table)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_trials(store, trials, progress=lambda line: None)
+    monkeypatch.setattr(RunStore, "_write_bytes", write)
+    sweep.run_trials(store, trials, progress=lambda line: None)
+    for table, frame in frames(finished).items():
+        pd.testing.assert_frame_equal(frame, frames(Path(store.root))[table])
+
+
 def test_an_unfinished_run_whose_last_epoch_is_damaged_recomputes_it_then_continues(
     finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
