@@ -9,7 +9,8 @@ Per architecture (random init, eval mode, float32, base point: a smooth mean ima
   pairs/s (pairs = K x 10 classes), network rows/s (gauss: K x 34 rows; piecewise: its evaluations)
   and limit / stage rows/s (the SPEC's target on a GPU: within 2x);
 - forward+JVP rows/s against the batch size, and the batch packet_stats picks by itself here.
-Times are medians of --repeats runs after one warm-up run.
+Times are medians of --repeats runs after one warm-up run. On a GPU the sizes are larger (GPU_SIZES:
+every pixel of mnist_conv3 and cifar_conv4) and both the limit and the stage run in true float32 (no TF32).
 
 On Linux, glibc would hand big freed tensors back to the OS and fault them in again on every pass;
 raysweep's trials and packet tasks, and these scripts, raise its thresholds first (raysweep.allocator).
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from common import DEVICE, interval, model_and_base, parser, print_table, setup, timed
+from raysweep import models
 from raysweep.packets import PIECEWISE_ROWS_PER_LINE, default_batch, line_inputs, packet_stats
 
 NODES = 32  # gauss nodes per dimension
@@ -41,6 +43,11 @@ SIZES = {  # a few seconds per measurement on one CPU core
     # on one core), so piecewise is timed on a narrow interval; rows/s is what compares.
     "resnet9": Sizes(2, 0.002, (8, 32, 128)),
 }
+GPU_SIZES = {  # every pixel of the MNIST- and CIFAR-shaped nets; resnet9's piecewise walk stays narrow
+    "mnist_conv3": Sizes(784, 1.0, (1024, 4096, 16384, 65536)),
+    "cifar_conv4": Sizes(3072, 1.0, (1024, 4096, 16384, 65536)),
+    "resnet9": Sizes(512, 0.002, (256, 1024, 4096, 16384)),
+}
 SMOKE = Sizes(1, 0.001, (8, 16))
 
 
@@ -52,7 +59,7 @@ def jvp_rows_per_s(model: nn.Module, x_base: torch.Tensor, batch: int, repeats: 
     x, tangent = x.view(batch, *x_base.shape), tangent.view(batch, *x_base.shape)
 
     def run() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), models.exact_float32():  # as packet_stats runs it
             torch.func.jvp(model, (x,), (tangent,))
 
     seconds, _ = timed(run, repeats=repeats, warmup=warmup)
@@ -62,11 +69,15 @@ def jvp_rows_per_s(model: nn.Module, x_base: torch.Tensor, batch: int, repeats: 
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--estimators", default="gauss,piecewise", help="comma list of the packet estimators to time")
+    p.add_argument("--archs", default=None, help="comma list of architectures (default: all)")
     args = p.parse_args()
     setup(args.threads)
     repeats, warmup = (1, 0) if args.smoke_test else (args.repeats, 1)
     stage_rows, sweep_rows, defaults = [], [], []
-    for arch, sizes in SIZES.items():
+    for arch, sizes in (GPU_SIZES if DEVICE.type == "cuda" else SIZES).items():
+        if args.archs and arch not in args.archs.split(","):
+            continue
         sizes = SMOKE if args.smoke_test else sizes
         model, x_base = model_and_base(arch)
         default = default_batch(model, x_base)
@@ -77,7 +88,7 @@ def main() -> None:
         batch = min(default, gauss_rows)
         limit = jvp_rows_per_s(model, x_base, batch, repeats, warmup)
         stage_rows.append([arch, "fwd+jvp limit", "", "", str(batch), "", "", f"{limit:.0f}", ""])
-        for estimator in ("gauss", "piecewise"):
+        for estimator in args.estimators.split(","):
             seconds, stats = timed(
                 lambda: packet_stats(model, x_base, dims, a, b, estimator=estimator, nodes=NODES, batch_size=default),
                 repeats=repeats,
@@ -90,6 +101,7 @@ def main() -> None:
                 arch, label, str(sizes.dims), f"{sizes.width:g}", walk_batch, f"{seconds:.3f}", f"{pairs / seconds:.0f}",
                 f"{rows / seconds:.0f}", f"{limit / (rows / seconds):.1f}",
             ])
+            print("# " + " | ".join(stage_rows[-1]), f"(limit {limit:.0f} rows/s)", flush=True)
         for n in sizes.batches:
             sweep_rows.append([arch, str(n), f"{jvp_rows_per_s(model, x_base, n, repeats, warmup):.0f}"])
         defaults.append(f"{arch} {default}")

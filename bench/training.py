@@ -3,11 +3,12 @@
     python bench/training.py [--threads N] [--smoke-test]
 
 Per architecture: raysweep.train's recipe (`recipe_for`, unchanged), `make_optimizer` and `train_epoch`
-on the generated images of the arch's input shape (`synthetic:CxHxW`, 512 training images per pass, with
-the recipe's batch size and augmentation). One untimed pass, then the median pass time of several gives
-images/s; one epoch of the real data set (60,000 MNIST or 50,000 CIFAR-10 images) is extrapolated from it.
-On a machine with a GPU, resnet9 is timed there too, in float32: `train_epoch` has no mixed precision or
-channels_last.
+with the recipe's batch size and augmentation, on generated images of the arch's input shape.
+- CPU: 512 training images per pass; one untimed pass, then the median of several gives images/s, and one
+  epoch of the real data set (60,000 MNIST or 50,000 CIFAR-10 images) is extrapolated from it.
+- GPU (where one is visible): whole epochs of the real size (`synthetic:CxHxW:N:16`), one untimed, then the
+  median of three, in float32 and in the arithmetic a trial picks there (`train.step_arithmetic`: bf16
+  autocast with channels_last); these epoch times are measured, not extrapolated.
 """
 
 from __future__ import annotations
@@ -18,46 +19,59 @@ from common import parser, print_table, setup, timed
 from raysweep import data, models, train
 
 PASSES = {"mnist_conv3": 16, "cifar_conv4": 16, "resnet9": 3}  # timed passes over the 512 images, CPU
-GPU_PASSES = 20
+GPU_EPOCHS = 3  # timed whole epochs on a GPU
 EPOCH_IMAGES = {"mnist_conv3": 60_000, "cifar_conv4": 50_000, "resnet9": 50_000}  # MNIST, CIFAR-10
 SMOKE_IMAGES = 32  # images per pass with --smoke-test
 
 
-def pass_seconds(arch: str, device: str, passes: int, limit: int | None) -> tuple[float, int, int]:
-    """Median seconds of one train_epoch pass, images per pass, and the batch size it ran with."""
+def pass_seconds(arch: str, device: torch.device, dataset: str, passes: int, precision: str) -> tuple[float, int, int, bool]:
+    """Median seconds of one train_epoch pass over `dataset`, images per pass, batch size, channels_last."""
     torch.manual_seed(0)
     recipe = train.recipe_for(arch)
-    c, h, w = models.input_shape(arch)
-    ds = data.load(f"synthetic:{c}x{h}x{w}", device=device, limit_train=limit)
+    ds = data.load(dataset, device=device)
     n = ds.x_train.shape[0]
     steps = train.steps_per_epoch(n, recipe.batch_size)
+    precision, channels_last = train.step_arithmetic(device, precision)
     model = models.build(arch, num_classes=10).to(device)
+    if channels_last:
+        model = train.to_channels_last(model)
     optimizer, scheduler = train.make_optimizer(model, recipe, steps * (passes + 1))  # +1: the warm-up pass
     generator = torch.Generator().manual_seed(0)  # on the CPU, as the trial's
     seconds, _ = timed(
-        lambda: train.train_epoch(model, optimizer, scheduler, ds.x_train, ds.y_train, recipe, generator=generator, epoch=0),
+        lambda: train.train_epoch(
+            model, optimizer, scheduler, ds.x_train, ds.y_train, recipe, generator=generator, epoch=0,
+            precision=precision, channels_last=channels_last,
+        ),
         repeats=passes,
     )
     batch = min(recipe.batch_size, n)
-    return seconds, steps * batch, batch
+    return seconds, steps * batch, batch, channels_last
 
 
 def main() -> None:
     args = parser(__doc__).parse_args()
     setup(args.threads)
-    runs = [(arch, "cpu", passes) for arch, passes in PASSES.items()]
+    shapes = {arch: "x".join(map(str, models.input_shape(arch))) for arch in PASSES}
+    cpu = torch.device("cpu")
+    runs = [(arch, cpu, f"synthetic:{shapes[arch]}", passes, "float32") for arch, passes in PASSES.items()]
     if torch.cuda.is_available():
-        runs.append(("resnet9", "cuda", GPU_PASSES))
+        gpu = torch.device("cuda")
+        runs += [
+            (arch, gpu, f"synthetic:{shapes[arch]}:{EPOCH_IMAGES[arch]}:16", GPU_EPOCHS, precision)
+            for arch in PASSES
+            for precision in ("float32", "auto")
+        ]
     rows = []
-    for arch, device, passes in runs:
-        passes, limit = (1, SMOKE_IMAGES) if args.smoke_test else (passes, None)
-        seconds, images, batch = pass_seconds(arch, device, passes, limit)
+    for arch, device, dataset, passes, precision in runs:
+        if args.smoke_test:
+            passes, dataset = 1, f"synthetic:{shapes[arch]}:{SMOKE_IMAGES}:16"
+        seconds, images, batch, channels_last = pass_seconds(arch, device, dataset, passes, precision)
         rate = images / seconds
-        rows.append([
-            arch, device, str(batch), str(images * passes), f"{rate:.0f}",
-            f"{EPOCH_IMAGES[arch]:,}", f"{EPOCH_IMAGES[arch] / rate:.1f}",
-        ])
-    print_table(["arch", "device", "batch", "images timed", "images/s", "epoch images", "epoch s (extrapolated)"], rows)
+        whole = images >= EPOCH_IMAGES[arch] - batch  # a real-sized epoch, less the dropped short batch
+        epoch = f"{seconds:.2f}" if whole else f"{EPOCH_IMAGES[arch] / rate:.1f} (extrapolated)"
+        arithmetic = train.step_arithmetic(device, precision)[0] + (" + channels_last" if channels_last else "")
+        rows.append([arch, device.type, arithmetic, str(batch), str(images * passes), f"{rate:.0f}", epoch])
+    print_table(["arch", "device", "arithmetic", "batch", "images timed", "images/s", "epoch s"], rows)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from raysweep.errors import UserError
 
 SPACES = ("pixel", "feature")
 ESTIMATORS = ("auto", "piecewise", "gauss", "mc")
+PRECISIONS = ("auto", "float32", "bf16")
 EXECUTORS = ("ray", "local")
 PAPER_PGD = "pgd:eps=8/255,alpha=2/255,steps=4"  # paper Fig. 2
 MNIST_PGD = "pgd:eps=0.1,alpha=0.025,steps=4"  # paper Fig. 1
@@ -38,6 +39,7 @@ class TrialConfig:
     lr: float | None = None  # peak learning rate
     batch_size: int | None = None  # images per step
     weight_decay: float | None = None
+    precision: str = "auto"  # training step: auto (bf16 autocast + channels_last on a GPU, float32 on the CPU) | float32 | bf16
     # attacks, joined by '+'; budgets in pixel units (feature space scales them, see features.py)
     attacks: str = PAPER_PGD
     # neural packets
@@ -84,6 +86,8 @@ class TrialConfig:
                 raise UserError(f"{key}={value}: must be at least 1 (or leave it unset)")
         if self.estimator not in ESTIMATORS:
             raise UserError(f"estimator={self.estimator!r}: use one of {', '.join(ESTIMATORS)}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"precision={self.precision!r}: use one of {', '.join(PRECISIONS)}")
         if self.seed < 0:
             raise UserError(f"seed={self.seed}: must be 0 or more")
         if self.estimator == "mc" and (self.replicates < 2 or self.nodes % self.replicates):

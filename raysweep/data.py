@@ -7,7 +7,9 @@ Every dataset here is small enough to live on the accelerator in one piece, so
 Datasets (`DATASETS`):
 
 - ``digits``: scikit-learn's bundled 8x8 digits, upsampled to 1x28x28; works offline.
-- ``synthetic`` / ``synthetic:CxHxW``: generated, learnable images for tests.
+- ``synthetic`` / ``synthetic:CxHxW`` / ``synthetic:CxHxW:TRAIN:TEST``: generated, learnable
+  images for tests (512 training and 256 test images unless counts are given; give the real
+  sizes, e.g. ``synthetic:3x32x32:50000:10000``, to time a full CIFAR-10-sized epoch).
 - ``mnist``, ``fashion-mnist``, ``cifar10``: read from the standard files by the
   torchvision dataset classes; see `load` for the folder layouts accepted.
 """
@@ -48,7 +50,7 @@ _SYNTHETIC_DEFAULT_SHAPE = (1, 28, 28)
 _SYNTHETIC_TRAIN = 512
 _SYNTHETIC_TEST = 256
 _SYNTHETIC_NOISE = 0.3
-_SYNTHETIC_SPEC = re.compile(r"synthetic(?::(\d+)x(\d+)x(\d+))?")
+_SYNTHETIC_SPEC = re.compile(r"synthetic(?::(\d+)x(\d+)x(\d+)(?::(\d+):(\d+))?)?")
 
 _IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -107,7 +109,7 @@ def load(
     limit_train: int | None = None,
     limit_test: int | None = None,
 ) -> Dataset:
-    """Load dataset `name` (one of `DATASETS`, or ``synthetic:CxHxW``) onto `device`.
+    """Load dataset `name` (one of `DATASETS`, or ``synthetic:CxHxW[:TRAIN:TEST]``) onto `device`.
 
     `root` is only used by mnist, fashion-mnist and cifar10; it defaults to
     ``$XDG_CACHE_HOME/raysweep/data`` (``~/.cache/raysweep/data``). Accepted layouts:
@@ -180,12 +182,12 @@ def _load_splits(name: str, root: str | os.PathLike[str] | None, download: bool)
     if name == "digits":
         return _digits()
     if name.startswith("synthetic"):
-        return _synthetic(_synthetic_shape(name))
+        return _synthetic(*_synthetic_spec(name))
     if name in _IDX_CLASSES or name == "cifar10":
         folder = Path(root).expanduser() if root is not None else _cache_home() / "data"
         return _torchvision(name, folder.absolute(), download)
     raise UserError(
-        f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} (or synthetic:CxHxW)"
+        f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} (or synthetic:CxHxW[:TRAIN:TEST])"
     )
 
 
@@ -219,20 +221,23 @@ def _digits() -> _Splits:
     return _Splits(images[train], labels[train], images[test], labels[test])
 
 
-def _synthetic_shape(name: str) -> tuple[int, int, int]:
+def _synthetic_spec(name: str) -> tuple[tuple[int, int, int], int, int]:
+    """Shape, training count and test count of a ``synthetic[:CxHxW[:TRAIN:TEST]]`` name."""
     match = _SYNTHETIC_SPEC.fullmatch(name)
     if match is not None and match.group(1) is None:
-        return _SYNTHETIC_DEFAULT_SHAPE
-    if match is not None and min(int(d) for d in match.groups()) > 0:
-        c, h, w = (int(d) for d in match.groups())
-        return (c, h, w)
+        return _SYNTHETIC_DEFAULT_SHAPE, _SYNTHETIC_TRAIN, _SYNTHETIC_TEST
+    numbers = [int(d) for d in match.groups() if d is not None] if match is not None else []
+    if numbers and min(numbers) > 0:
+        c, h, w, *counts = numbers
+        n_train, n_test = counts or (_SYNTHETIC_TRAIN, _SYNTHETIC_TEST)
+        return (c, h, w), n_train, n_test
     raise UserError(
-        f"bad dataset {name!r}: write synthetic or synthetic:CxHxW "
+        f"bad dataset {name!r}: write synthetic, synthetic:CxHxW or synthetic:CxHxW:TRAIN:TEST "
         "with positive integers, e.g. synthetic:3x32x32"
     )
 
 
-def _synthetic(shape: tuple[int, int, int]) -> _Splits:
+def _synthetic(shape: tuple[int, int, int], n_train: int, n_test: int) -> _Splits:
     """Per-class smooth prototypes plus gaussian noise: learnable but not trivial."""
     c, h, w = shape
     gen = torch.Generator().manual_seed(_SYNTHETIC_SEED)
@@ -246,8 +251,8 @@ def _synthetic(shape: tuple[int, int, int]) -> _Splits:
         noise = torch.randn(n, c, h, w, generator=gen) * _SYNTHETIC_NOISE
         return (prototypes[labels] + noise).clamp_(0.0, 1.0), labels
 
-    x_train, y_train = draw(_SYNTHETIC_TRAIN)
-    x_test, y_test = draw(_SYNTHETIC_TEST)
+    x_train, y_train = draw(n_train)
+    x_test, y_test = draw(n_test)
     return _Splits(x_train, y_train, x_test, y_test)
 
 

@@ -47,6 +47,22 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
+@contextmanager
+def exact_float32() -> Iterator[None]:
+    """Run the block with TF32 off for convolutions and matrix products, then restore the flags.
+
+    PyTorch lets cuDNN convolutions use TF32 (10-bit mantissa, ~1e-3 relative error) by
+    default on Ampere and later GPUs; packet slopes need true float32 (SPEC 5: "packets
+    stay in float32"). No effect on the CPU.
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel; mean and std are buffers, not parameters."""
 

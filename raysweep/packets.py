@@ -199,8 +199,8 @@ def packet_stats(
 
     Args:
         model: maps a batch (n, *x_base.shape) to logits (n, C). It is run in
-            eval mode (train-mode BatchNorm breaks forward-mode AD) and its
-            mode is restored afterwards.
+            eval mode (train-mode BatchNorm breaks forward-mode AD) and true
+            float32 (no TF32 on GPUs); its mode is restored afterwards.
         x_base: the base point (mean training input, or mean feature vector).
         dims: flat indices into x_base.
         a, b: interval ends, floats or tensors shaped (len(dims),).
@@ -227,7 +227,7 @@ def packet_stats(
     dims = torch.as_tensor(dims, dtype=torch.long).reshape(-1)
     a = torch.as_tensor(a, dtype=torch.float64, device=x_base.device).expand(dims.shape).clone()
     b = torch.as_tensor(b, dtype=torch.float64, device=x_base.device).expand(dims.shape).clone()
-    with models.eval_mode(model):
+    with models.eval_mode(model), models.exact_float32():
         if estimator == "piecewise":
             # Lines walk together; a group's memory grows with its pieces, so groups are set by the batch size.
             lines = max(1, (batch_size or default_batch(model, x_base)) // PIECEWISE_ROWS_PER_LINE)

@@ -8,6 +8,10 @@ The paper does not give its optimiser; these are the usual ones for such nets:
   0.1, weight decay 5e-4, batches of 512, random crop (reflect pad 4) and flip,
   label smoothing 0.1: the DAWNBench ResNet9 family, above 90% on CIFAR-10.
 Anything named by import path gets the Adam recipe.
+
+On a GPU the training step may run in bfloat16 autocast with channels_last inputs
+(SPEC 5 allows both for training; the weights stay float32 and packets are always
+measured in float32).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class Recipe:
 
 
 ADAM = Recipe("adam", lr=1e-3, batch_size=128)
+PRECISIONS = ("float32", "bf16")  # arithmetic of the training step's forward pass
 RECIPES: dict[str, Recipe] = {
     "mnist_conv3": ADAM,
     "cifar_conv4": ADAM,
@@ -55,16 +60,37 @@ def recipe_for(arch: str, *, lr: float | None = None, batch_size: int | None = N
 def make_optimizer(
     model: nn.Module, recipe: Recipe, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-    params = model.parameters()
+    """The recipe's optimiser and per-step schedule; fused kernels where every parameter is on a GPU
+    (one launch per step instead of one per tensor: small heads are launch-bound there)."""
+    params = list(model.parameters())
+    fused = bool(params) and all(p.is_cuda for p in params)
     if recipe.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True, weight_decay=recipe.weight_decay
+            params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True, weight_decay=recipe.weight_decay,
+            fused=fused or None,
         )
     else:
-        opt = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        opt = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay, fused=fused or None)
     if recipe.schedule == "onecycle":
         return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=total_steps)
     return opt, None
+
+
+def step_arithmetic(device: torch.device, precision: str = "auto", *, images: bool = True) -> tuple[str, bool]:
+    """(precision, channels_last) of the training step on `device`.
+
+    "auto" is bf16 autocast with channels_last image batches on a GPU (tensor cores, NHWC
+    convolutions) and float32 on the CPU, where bf16 is emulated and slower.
+    """
+    on_gpu = device.type == "cuda"
+    if precision == "auto":
+        precision = "bf16" if on_gpu else "float32"
+    return precision, on_gpu and images
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """The model with NHWC parameters (the layout cuDNN's tensor-core convolutions read)."""
+    return model.to(memory_format=torch.channels_last)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -83,30 +109,48 @@ def train_epoch(
     generator: torch.Generator,
     epoch: int,
     stage: str = "train",
+    precision: str = "float32",
+    channels_last: bool = False,
 ) -> float:
     """One pass over (x, y) in shuffled full batches; returns the mean training loss.
 
-    Raises UserError naming the epoch and stage if the loss stops being finite.
+    precision "bf16" runs forward and loss under bfloat16 autocast (weights and their
+    updates stay float32); channels_last feeds image batches in NHWC layout, which the
+    model's parameters should share (`model.to(memory_format=torch.channels_last)`).
+    The loss is summed on the device and read once per epoch, so steps queue without
+    waiting for each other. Raises UserError naming the epoch and stage if the loss
+    stops being finite.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: use one of {', '.join(PRECISIONS)}")
     model.train()
     n = x.shape[0]
     bs = min(recipe.batch_size, n)
     order = torch.randperm(n, generator=generator).to(x.device)
-    total, seen = 0.0, 0
-    for step in range(steps_per_epoch(n, bs)):
-        idx = order[step * bs : (step + 1) * bs]
-        xb = x[idx]
-        if recipe.flip or recipe.crop:
-            xb = data.augment(xb, flip=recipe.flip, crop=recipe.crop, generator=generator)
-        loss = nn.functional.cross_entropy(model(xb), y[idx], label_smoothing=recipe.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        total += loss.item() * idx.numel()
-        seen += idx.numel()
-    mean = total / seen
+    steps = steps_per_epoch(n, bs)
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    # Training batches all have one shape, so cuDNN may time its kernels once and keep the fastest;
+    # only here: elsewhere (the piecewise walk) every pass has a new shape and would be timed again.
+    benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, channels_last
+    try:
+        for step in range(steps):
+            idx = order[step * bs : (step + 1) * bs]
+            xb = x[idx]
+            if recipe.flip or recipe.crop:
+                xb = data.augment(xb, flip=recipe.flip, crop=recipe.crop, generator=generator)
+            if channels_last and xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = nn.functional.cross_entropy(model(xb), y[idx], label_smoothing=recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            total += loss.detach()
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+    mean = float(total) / steps  # full batches only: the mean of step means is the mean over images
     if not math.isfinite(mean):
         raise UserError(
             f"epoch {epoch}: the {stage} loss became {mean} (stage: {stage}); "

@@ -98,6 +98,11 @@ class Trial:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.model = models.build(config.arch, num_classes=self.data.num_classes).to(self.device)
+        self.precision, self.channels_last = train.step_arithmetic(
+            self.device, config.precision, images=self.data.x_train.dim() == 4
+        )
+        if self.channels_last:
+            self.model = train.to_channels_last(self.model)
         n_features = self._check_shapes()
         self.recipe = train.recipe_for(
             config.arch, lr=config.lr, batch_size=config.batch_size, weight_decay=config.weight_decay
@@ -176,7 +181,8 @@ class Trial:
         """
         loss = train.train_epoch(
             self.model, self.optimizer, self.scheduler, self.data.x_train, self.data.y_train, self.recipe,
-            generator=self.generator, epoch=self.epoch + 1,
+            generator=self.generator, epoch=self.epoch + 1, precision=self.precision,
+            channels_last=self.channels_last,
         )
         self.epoch += 1
         return loss
@@ -276,7 +282,7 @@ def _auto_estimator(model: nn.Module, x_base: torch.Tensor, dims: torch.Tensor, 
     n = min(AUTO_PROBE_LINES, dims.numel())
     device = x_base.device
     try:
-        with models.eval_mode(model):
+        with models.eval_mode(model), models.exact_float32():
             piecewise.walk(model, x_base, dims[:n], a[:n].to(device), b[:n].to(device), max_pieces=AUTO_MAX_PIECES)
     except ValueError:  # not ReLU/MaxPool, too many pieces, or a nonlinearity the walk cannot see
         return "gauss"

@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         ("training.py", "images/s"),
         ("scaling.py", "ms/dim"),
         ("estimator.py", "evals/pair"),
+        ("epoch.py", "feature head"),
     ],
 )
 def test_bench_script_smoke_test_prints_its_table(script: str, header: str) -> None:

@@ -122,7 +122,17 @@ def test_synthetic_spec_sets_the_image_shape(name: str, shape: tuple[int, int, i
     assert set(ds.y_train.tolist()) == set(range(10)) == set(ds.y_test.tolist())
 
 
-@pytest.mark.parametrize("name", ["synthetic:3x32", "synthetic:0x32x32", "synthetic:axbxc", "synthetic:", "synthetic3x3x3"])
+def test_synthetic_counts_set_the_split_sizes() -> None:
+    ds = data.load("synthetic:3x8x8:1000:30")
+    assert ds.x_train.shape == (1000, 3, 8, 8) and ds.x_test.shape == (30, 3, 8, 8)
+    assert torch.bincount(ds.y_train).tolist() == [100] * 10  # balanced classes at any count
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["synthetic:3x32", "synthetic:0x32x32", "synthetic:axbxc", "synthetic:", "synthetic3x3x3",
+     "synthetic:3x8x8:100", "synthetic:3x8x8:0:10", "synthetic:3x8x8:10:x"],
+)
 def test_malformed_synthetic_spec_raises_user_error_naming_the_format(name: str) -> None:
     with pytest.raises(UserError, match="synthetic:CxHxW") as info:
         data.load(name)
