@@ -49,7 +49,7 @@ class TrialConfig:
     nodes: int = 32  # evaluations per dimension
     replicates: int = 8  # Monte-Carlo batches behind the standard errors
     loss_clip: float | None = None  # clip the loss at C (paper supp. footnote 1)
-    chunk: int = 64  # dimensions per packet task (all classes ride along)
+    chunk: int | None = None  # dimensions per packet task, all classes riding along (None: 64 on the CPU; on a GPU a space's dimensions split evenly over the workers)
     # feature space (paper supp. 2.2)
     head_epochs: int = 10  # epochs to retrain the re-initialised head on frozen features
     # Fig. 1 material
@@ -77,10 +77,10 @@ class TrialConfig:
         bad = [s for s in self.space_list if s not in SPACES]
         if bad or not self.space_list:
             raise UserError(f"spaces={self.spaces!r}: use a comma list of {', '.join(SPACES)}")
-        for key in ("epochs", "nodes", "replicates", "chunk", "head_epochs", "workers"):
+        for key in ("epochs", "nodes", "replicates", "head_epochs", "workers"):
             if getattr(self, key) < 1:
                 raise UserError(f"{key}={getattr(self, key)}: must be at least 1")
-        for key in ("dims", "limit_train", "limit_test", "batch_size", "threads"):
+        for key in ("dims", "limit_train", "limit_test", "batch_size", "threads", "chunk"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise UserError(f"{key}={value}: must be at least 1 (or leave it unset)")

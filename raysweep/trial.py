@@ -26,6 +26,7 @@ from raysweep.packets import PacketStats, packet_stats
 PCA_DIMS = 50  # embeddings keep this many principal components (t-SNE's usual input)
 AUTO_PROBE_LINES = 2  # lines estimator=auto walks to choose between piecewise and gauss
 AUTO_MAX_PIECES = 256  # pieces per probed line above which auto takes gauss
+CPU_CHUNK = 64  # dimensions per packet task on the CPU (chunk=None): enough tasks to spread over Ray workers
 
 
 @dataclass(frozen=True)
@@ -237,14 +238,25 @@ class Trial:
         dims = self.dims[space]
         a, b = (torch.as_tensor(v, dtype=torch.float64).cpu().expand(x_base.numel())[dims] for v in (lo, hi))
         estimator = cfg.estimator if cfg.estimator != "auto" else _auto_estimator(model, x_base, dims, a, b)
+        chunk = cfg.chunk or self._default_chunk(dims.numel())
         return [
             PacketTask(
-                space, model, x_base, dims[i : i + cfg.chunk], a[i : i + cfg.chunk], b[i : i + cfg.chunk],
+                space, model, x_base, dims[i : i + chunk], a[i : i + chunk], b[i : i + chunk],
                 estimator, cfg.nodes, cfg.replicates, cfg.loss_clip,
                 seed=_chunk_seed(cfg.seed, epoch, space, i),
             )
-            for i in range(0, dims.numel(), cfg.chunk)
+            for i in range(0, dims.numel(), chunk)
         ]
+
+    def _default_chunk(self, count: int) -> int:
+        """CPU_CHUNK dimensions per task on the CPU; on a GPU one task per worker and space.
+
+        A GPU runs a chunk's lines as one batch, and the piecewise walk takes as many
+        sequential steps for 64 lines as for thousands: small chunks leave it idle.
+        """
+        if self.device.type == "cuda":
+            return max(1, math.ceil(count / self.config.workers))
+        return CPU_CHUNK
 
     def _embeddings(self, epoch: int, generator: torch.Generator) -> dict[str, np.ndarray]:
         """Fig. 1 material: PCA of test features, clean and attacked, with predictions."""

@@ -124,9 +124,12 @@ def test_pixel_only_runs_skip_the_feature_space() -> None:
 
 
 def test_all_dimensions_when_dims_is_unset() -> None:
-    config = dataclasses.replace(TINY, dataset="synthetic:1x28x28", dims=None, spaces="pixel", epochs=1, nodes=4)
+    config = dataclasses.replace(
+        TINY, dataset="synthetic:1x28x28", dims=None, spaces="pixel", epochs=1, estimator="gauss", nodes=4, chunk=None
+    )
     (result,) = run(config)
     assert len(result.packets["sx"]) == 28 * 28 * 10
+    assert sorted(set(result.packets["dim"])) == list(range(28 * 28))
 
 
 def test_more_dims_than_the_space_has_names_the_limit() -> None:
@@ -184,3 +187,10 @@ def test_auto_estimator_takes_gauss_where_kinks_are_too_dense_to_walk(units: int
     assert all(0.99 * units < n <= units + 1 for n in pieces.tolist())
     assert _auto_estimator(net, x_base, dims, a, b) == expected
     assert (units + 1 > AUTO_MAX_PIECES) == (expected == "gauss")
+
+
+def test_default_chunk_is_64_dims_on_the_cpu_and_one_task_per_worker_on_a_gpu() -> None:
+    trial = Trial(dataclasses.replace(TINY, chunk=None, workers=3, epochs=1))
+    assert trial._default_chunk(3072) == 64 and len(trial._packet_tasks("pixel", trial.model, trial.x_base, 0.0, 1.0, 1)) == 1
+    trial.device = torch.device("cuda")  # only the rule is under test: nothing runs there
+    assert trial._default_chunk(3072) == 1024 and trial._default_chunk(3073) == 1025 and trial._default_chunk(0) == 1
