@@ -7,8 +7,8 @@ with the recipe's batch size and augmentation, on generated images of the arch's
 - CPU: 512 training images per pass; one untimed pass, then the median of several gives images/s, and one
   epoch of the real data set (60,000 MNIST or 50,000 CIFAR-10 images) is extrapolated from it.
 - GPU (where one is visible): whole epochs of the real size (`synthetic:CxHxW:N:16`), one untimed, then the
-  median of three, in float32 and in the arithmetic a trial picks there (`train.step_arithmetic`: bf16
-  autocast with channels_last); these epoch times are measured, not extrapolated.
+  median of three, in float32 and in bf16 autocast, both with channels_last as trials feed a GPU
+  (`train.step_arithmetic`); these epoch times are measured, not extrapolated.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def pass_seconds(arch: str, device: torch.device, dataset: str, passes: int, pre
     ds = data.load(dataset, device=device)
     n = ds.x_train.shape[0]
     steps = train.steps_per_epoch(n, recipe.batch_size)
-    precision, channels_last = train.step_arithmetic(device, precision)
+    precision, channels_last = train.step_arithmetic(device, precision, recipe)
     model = models.build(arch, num_classes=10).to(device)
     if channels_last:
         model = train.to_channels_last(model)
@@ -59,7 +59,7 @@ def main() -> None:
         runs += [
             (arch, gpu, f"synthetic:{shapes[arch]}:{EPOCH_IMAGES[arch]}:16", GPU_EPOCHS, precision)
             for arch in PASSES
-            for precision in ("float32", "auto")
+            for precision in ("float32", "bf16")
         ]
     rows = []
     for arch, device, dataset, passes, precision in runs:
@@ -69,7 +69,7 @@ def main() -> None:
         rate = images / seconds
         whole = images >= EPOCH_IMAGES[arch] - batch  # a real-sized epoch, less the dropped short batch
         epoch = f"{seconds:.2f}" if whole else f"{EPOCH_IMAGES[arch] / rate:.1f} (extrapolated)"
-        arithmetic = train.step_arithmetic(device, precision)[0] + (" + channels_last" if channels_last else "")
+        arithmetic = precision + (" + channels_last" if channels_last else "")
         rows.append([arch, device.type, arithmetic, str(batch), str(images * passes), f"{rate:.0f}", epoch])
     print_table(["arch", "device", "arithmetic", "batch", "images timed", "images/s", "epoch s"], rows)
 

@@ -39,7 +39,7 @@ class TrialConfig:
     lr: float | None = None  # peak learning rate
     batch_size: int | None = None  # images per step
     weight_decay: float | None = None
-    precision: str = "auto"  # training step: auto (bf16 autocast + channels_last on a GPU, float32 on the CPU) | float32 | bf16
+    precision: str = "auto"  # training step: auto (float32; bf16 autocast on a GPU where the recipe says it pays: resnet9) | float32 | bf16
     # attacks, joined by '+'; budgets in pixel units (feature space scales them, see features.py)
     attacks: str = PAPER_PGD
     # neural packets

@@ -99,15 +99,15 @@ class Trial:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.model = models.build(config.arch, num_classes=self.data.num_classes).to(self.device)
+        self.recipe = train.recipe_for(
+            config.arch, lr=config.lr, batch_size=config.batch_size, weight_decay=config.weight_decay
+        )
         self.precision, self.channels_last = train.step_arithmetic(
-            self.device, config.precision, images=self.data.x_train.dim() == 4
+            self.device, config.precision, self.recipe, images=self.data.x_train.dim() == 4
         )
         if self.channels_last:
             self.model = train.to_channels_last(self.model)
         n_features = self._check_shapes()
-        self.recipe = train.recipe_for(
-            config.arch, lr=config.lr, batch_size=config.batch_size, weight_decay=config.weight_decay
-        )
         steps = train.steps_per_epoch(self.data.x_train.shape[0], self.recipe.batch_size) * config.epochs
         self.optimizer, self.scheduler = train.make_optimizer(self.model, self.recipe, steps)
         self.generator = torch.Generator().manual_seed(config.seed)

@@ -62,17 +62,21 @@ def test_unknown_precision_names_the_choices() -> None:
 
 
 @pytest.mark.parametrize(
-    ("device", "requested", "images", "expected"),
+    ("device", "arch", "requested", "images", "expected"),
     [
-        ("cpu", "auto", True, ("float32", False)),
-        ("cpu", "bf16", True, ("bf16", False)),
-        ("cuda", "auto", True, ("bf16", True)),
-        ("cuda", "float32", True, ("float32", True)),
-        ("cuda", "auto", False, ("bf16", False)),
+        ("cpu", "resnet9", "auto", True, ("float32", False)),
+        ("cpu", "mnist_conv3", "bf16", True, ("bf16", False)),
+        ("cuda", "resnet9", "auto", True, ("bf16", True)),
+        ("cuda", "mnist_conv3", "auto", True, ("float32", True)),
+        ("cuda", "pkg.mod:Net", "auto", True, ("float32", True)),
+        ("cuda", "resnet9", "float32", True, ("float32", True)),
+        ("cuda", "mnist_conv3", "bf16", False, ("bf16", False)),
     ],
 )
-def test_step_arithmetic_is_bf16_and_channels_last_on_a_gpu_only(device: str, requested: str, images: bool, expected: tuple) -> None:
-    assert train.step_arithmetic(torch.device(device), requested, images=images) == expected
+def test_step_arithmetic_takes_bf16_where_the_recipe_says_and_channels_last_on_a_gpu(
+    device: str, arch: str, requested: str, images: bool, expected: tuple
+) -> None:
+    assert train.step_arithmetic(torch.device(device), requested, train.recipe_for(arch), images=images) == expected
 
 
 class _FlagProbe(torch.nn.Linear):
