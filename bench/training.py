@@ -34,7 +34,7 @@ def pass_seconds(arch: str, device: torch.device, dataset: str, passes: int, pre
     precision, channels_last = train.step_arithmetic(device, precision, recipe)
     model = models.build(arch, num_classes=10).to(device)
     if channels_last:
-        model = train.to_channels_last(model)
+        model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = train.make_optimizer(model, recipe, steps * (passes + 1))  # +1: the warm-up pass
     generator = torch.Generator().manual_seed(0)  # on the CPU, as the trial's
     seconds, _ = timed(

@@ -92,11 +92,6 @@ def step_arithmetic(device: torch.device, precision: str, recipe: Recipe, *, ima
     return precision, on_gpu and images
 
 
-def to_channels_last(model: nn.Module) -> nn.Module:
-    """The model with NHWC parameters (the layout cuDNN's tensor-core convolutions read)."""
-    return model.to(memory_format=torch.channels_last)
-
-
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Full batches per epoch (a short last batch is dropped: BatchNorm needs > 1 sample)."""
     return max(1, n // min(batch_size, n))

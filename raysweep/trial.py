@@ -106,7 +106,7 @@ class Trial:
             self.device, config.precision, self.recipe, images=self.data.x_train.dim() == 4
         )
         if self.channels_last:
-            self.model = train.to_channels_last(self.model)
+            self.model = self.model.to(memory_format=torch.channels_last)
         n_features = self._check_shapes()
         steps = train.steps_per_epoch(self.data.x_train.shape[0], self.recipe.batch_size) * config.epochs
         self.optimizer, self.scheduler = train.make_optimizer(self.model, self.recipe, steps)

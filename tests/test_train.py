@@ -16,7 +16,7 @@ def _epochs(arch: str, dataset: str, epochs: int, *, precision: str = "float32",
     torch.manual_seed(0)
     model = models.build(arch, num_classes=10)
     if channels_last:
-        model = train.to_channels_last(model)
+        model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = train.make_optimizer(model, recipe, train.steps_per_epoch(512, recipe.batch_size) * epochs)
     generator = torch.Generator().manual_seed(0)
     losses = [
@@ -43,7 +43,7 @@ def test_channels_last_changes_the_layout_not_the_arithmetic() -> None:
     ds = data.load("synthetic:3x32x32")
     torch.manual_seed(0)
     plain = models.build("cifar_conv4", num_classes=10)
-    converted = train.to_channels_last(copy.deepcopy(plain))
+    converted = copy.deepcopy(plain).to(memory_format=torch.channels_last)
     conv = next(m for m in converted.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
     x, y = ds.x_train[:64], ds.y_train[:64]
