@@ -230,9 +230,13 @@ def packet_stats(
     with models.eval_mode(model), models.exact_float32():
         if estimator == "piecewise":
             # Lines walk together; a group's memory grows with its pieces, so groups are set by the batch size.
-            lines = max(1, (batch_size or default_batch(model, x_base)) // PIECEWISE_ROWS_PER_LINE)
+            batch = batch_size or default_batch(model, x_base)
+            lines = max(1, batch // PIECEWISE_ROWS_PER_LINE)
             parts = [
-                _piecewise_stats(model, x_base, dims[i : i + lines], a[i : i + lines], b[i : i + lines], loss_clip=loss_clip)
+                _piecewise_stats(
+                    model, x_base, dims[i : i + lines], a[i : i + lines], b[i : i + lines],
+                    loss_clip=loss_clip, batch_size=batch,
+                )
                 for i in range(0, max(dims.numel(), 1), lines)
             ]
             return PacketStats(**{
@@ -258,13 +262,15 @@ def packet_stats(
 
 def _piecewise_stats(
     model: nn.Module, x_base: torch.Tensor, dims: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-    *, loss_clip: float | None,
+    *, loss_clip: float | None, batch_size: int,
 ) -> PacketStats:
     """Packets from the exact linear pieces of a ReLU/MaxPool net (see `piecewise`).
 
     Each piece's logits are exactly affine in t, so g and g' are closed-form there;
     pieces are cut into sub-pieces over which no logit difference changes by more
-    than PIECE_SPREAD, each integrated with PIECE_NODES Gauss-Legendre nodes.
+    than PIECE_SPREAD, each integrated with PIECE_NODES Gauss-Legendre nodes. The
+    losses at those nodes are computed `batch_size` rows at a time, so that their
+    (batch_size, C, C) temporaries, not the number of pieces, set the peak memory.
     """
     from raysweep import piecewise
 
@@ -272,7 +278,8 @@ def _piecewise_stats(
     D, P, C = pieces.z.shape
     length = (pieces.end - pieces.start).clamp(min=0)  # (D, P); padding has length 0
     spread = (pieces.v.amax(-1) - pieces.v.amin(-1)).abs()
-    cuts = (length * spread / PIECE_SPREAD).ceil().clamp(1, 64).long()  # sub-pieces per piece
+    # Sub-pieces per piece; the zero-length padding gets none.
+    cuts = torch.where(length > 0, (length * spread / PIECE_SPREAD).ceil().clamp(1, 64), 0).long()
     # One row per sub-piece: which (line, piece) owns it, its index within the piece, its interval.
     cuts = cuts.reshape(-1)
     owner = torch.arange(D * P, device=a.device).repeat_interleave(cuts)
@@ -282,14 +289,16 @@ def _piecewise_stats(
     t, w = quadrature.rule("gauss", PIECE_NODES, lo, lo + h)  # (S, Q)
     v = pieces.v.reshape(D * P, C)[owner][:, None, :]  # (S, 1, C)
     z = pieces.z.reshape(D * P, C)[owner][:, None, :] + (t - pieces.at.reshape(-1)[owner][:, None])[..., None] * v
-    g, dg = loss_and_slope(z.reshape(-1, C), v.expand_as(z).reshape(-1, C), loss_clip=loss_clip)
+    z, v = z.reshape(-1, C), v.expand_as(z).reshape(-1, C)
+    parts = [loss_and_slope(zc, vc, loss_clip=loss_clip) for zc, vc in zip(z.split(batch_size), v.split(batch_size))]
+    g, dg = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     # Back to (D, nodes) per line, padding with zero weights.
     line = owner // P
     per_line = torch.bincount(line, minlength=D)
     slot = _rank_within(line, per_line)
     cols = (slot[:, None] * PIECE_NODES + torch.arange(PIECE_NODES, device=a.device)).reshape(-1)
     rows = line.repeat_interleave(PIECE_NODES)
-    n = int(per_line.max()) * PIECE_NODES
+    n = max(int(per_line.max()), 1) * PIECE_NODES  # a line without pieces (a == b) keeps zero weights: NaN rows
     T = torch.zeros(D, n, dtype=torch.float64, device=a.device)
     W = torch.zeros_like(T)
     G = torch.zeros(D, n, C, dtype=torch.float64, device=a.device)

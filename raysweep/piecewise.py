@@ -160,12 +160,12 @@ class _CrossingRecorder:
         p, dp = fwAD.unpack_dual(args[0])
         if dp is None:
             return
-        p, dp = p.detach().double(), dp.detach().double()
+        p, dp = p.detach(), dp.detach()
         if isinstance(module, nn.MaxPool2d):
             distance = _maxpool_crossings(module, p, dp)
         else:
-            p, dp = p.flatten(1), dp.flatten(1)
-            distance = torch.where(p * dp < 0, -p / dp, torch.full_like(p, math.inf)).amin(1)
+            distance = _ahead(-p.flatten(1) / dp.flatten(1))
+        distance = distance.double()
         self.nearest = distance if self.nearest is None else torch.minimum(self.nearest, distance)
 
 
@@ -175,8 +175,16 @@ def _maxpool_crossings(module: nn.MaxPool2d, p: torch.Tensor, dp: torch.Tensor) 
     winner = wp.argmax(-1, keepdim=True)
     gap = wp - wp.gather(-1, winner)  # <= 0
     closing = wd - wd.gather(-1, winner)  # > 0 where the gap shrinks
-    dist = torch.where((closing > 0) & (gap < 0), -gap / closing, torch.full_like(gap, math.inf))
-    return dist.reshape(p.shape[0], -1).amin(1)
+    return _ahead((-gap / closing).reshape(p.shape[0], -1))
+
+
+def _ahead(distance: torch.Tensor) -> torch.Tensor:
+    """Per row, the smallest positive distance. A crossing lies ahead only where the distance
+    -value/slope is positive: value and slope of opposite signs; 0/0 (NaN), behind, or at zero is none.
+
+    In the activations' own dtype: its one rounding of the division is far below STEP_IN,
+    the margin by which the walk steps past a predicted breakpoint."""
+    return torch.where(distance > 0, distance, math.inf).amin(1)
 
 
 def _windows(module: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:

@@ -128,3 +128,16 @@ def test_float32_walk_of_several_lines_matches_float64() -> None:
     f64 = packet_stats(model.double(), x_base.double(), dims, 0.0, 1.0, estimator="piecewise")
     assert relative_error(f32, f64, "sp") < 1e-3
     assert (f32.product >= f32.bound - 1e-6).all()
+
+
+def test_batch_size_changes_memory_not_values() -> None:
+    # batch_size sets how many lines walk together (batch_size / 16) and how many node rows
+    # the closed-form losses take at once; neither may change a packet.
+    net = conv_pool_bn(2)
+    x_base = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    dims = list(range(0, 64, 3))
+    whole = packet_stats(net, x_base, dims, 0.0, 1.0, estimator="piecewise", batch_size=4096)
+    small = packet_stats(net, x_base, dims, 0.0, 1.0, estimator="piecewise", batch_size=16)  # one line, 16 rows
+    for name in FIELDS:
+        torch.testing.assert_close(getattr(small, name), getattr(whole, name), rtol=1e-12, atol=1e-15)
+    assert torch.equal(small.evaluations, whole.evaluations)
