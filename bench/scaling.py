@@ -6,9 +6,11 @@ Model: the arch at random init, eval mode, float32; base point a smooth mean ima
 the first K of a fixed random order of the input dimensions, so each K holds the smaller ones.
 - time against K for gauss (32 nodes) and piecewise, and seconds per dimension (linear growth is flat s/dim);
 - time against nodes for gauss at a fixed K;
-- peak memory against batch_size (gauss, fixed K) and against K (fixed batch_size): each configuration
+- peak memory against batch_size (fixed K) and against K (fixed batch_size), both estimators: each configuration
   runs in a fresh process, after a one-dimension warm-up call; on the CPU the peak is the resident
-  high-water mark (VmHWM, reset before the call) above the resident size before it, on a GPU
+  high-water mark (VmHWM, reset before the call) above the resident size before it, with glibc set to
+  return freed blocks to the OS (`allocator.return_freed_memory`: what raysweep's processes keep would
+  otherwise count the heap's fragmentation, which grows with the number of passes), on a GPU
   torch.cuda.max_memory_allocated above what was allocated before it. The SPEC's target: set by the
   batch size, not by K. (piecewise walks batch_size / 16 lines at a time.)
 Times are medians of 3 runs after one warm-up run.
@@ -25,6 +27,7 @@ from typing import NamedTuple
 import torch
 
 from common import DEVICE, model_and_base, parser, print_table, setup, timed
+from raysweep import allocator
 from raysweep.packets import PacketStats, packet_stats
 
 
@@ -32,7 +35,7 @@ class Sizes(NamedTuple):
     ks: tuple[int, ...]  # K for the time table
     nodes: tuple[int, ...]  # gauss nodes for the time table
     nodes_k: int  # fixed K of the nodes table
-    batches: tuple[int, ...]  # batch sizes for the memory table
+    batches: tuple[int, ...]  # batch sizes for the memory-against-batch table
     batch_k: int  # fixed K of the memory-against-batch table
     memory_ks: tuple[int, ...]  # K for the memory-against-K table
     memory_batch: int  # fixed batch size of that table
@@ -68,6 +71,7 @@ def peak_mib(arch: str, estimator: str, k: int, batch_size: int, threads: int) -
         before = torch.cuda.memory_allocated()
         stage()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
+    allocator.return_freed_memory()
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
     before = _status_kib("VmRSS")
     stage()
@@ -110,11 +114,11 @@ def main() -> None:
     print_table(["nodes", "seconds", "ms/dim", "rows/s"], rows)
 
     threads = torch.get_num_threads()
-    configs = [("gauss", sizes.batch_k, batch) for batch in sizes.batches]
+    configs = [(estimator, sizes.batch_k, batch) for estimator in ("gauss", "piecewise") for batch in sizes.batches]
     configs += [(estimator, k, sizes.memory_batch) for estimator in ("gauss", "piecewise") for k in sizes.memory_ks]
     with ProcessPoolExecutor(1, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
         peaks = [pool.submit(peak_mib, arch, estimator, k, batch, threads).result() for estimator, k, batch in configs]
-    where = "GPU max_memory_allocated" if DEVICE.type == "cuda" else "resident high-water mark growth"
+    where = "GPU max_memory_allocated" if DEVICE.type == "cuda" else "resident high-water mark growth, freed blocks returned"
     print(f"\n## {arch}: peak memory of one packet_stats call ({where}, MiB; fresh process each)")
     print_table(["estimator", "K", "batch_size", "peak MiB"], [
         [estimator, str(k), str(batch), f"{peak:.1f}"]

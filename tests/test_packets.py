@@ -221,11 +221,3 @@ def test_unknown_estimator_names_the_choices() -> None:
         packet_stats(small_net(nn.Tanh, 0), base_point(0), [0], 0.0, 1.0, estimator="simpson")
     with pytest.raises(ValueError, match="supported: gauss, mc"):
         quadrature.rule("trapezoid", 4, torch.zeros(1), torch.ones(1))
-
-
-def test_freed_memory_is_kept_in_the_process_on_glibc() -> None:
-    import ctypes.util
-
-    from raysweep import allocator
-
-    assert allocator.keep_freed_memory() == (ctypes.util.find_library("c") is not None)
