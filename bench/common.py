@@ -14,7 +14,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from raysweep import allocator, data, models
+from raysweep import allocator, data, models, train
 
 # Forward-mode AD trips torch's own jit-deprecation warning (packets.line_losses silences it the same way)
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
@@ -75,6 +75,19 @@ def model_and_base(arch: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     model = models.build(arch, num_classes=10).eval().to(DEVICE)
     c, h, w = models.input_shape(arch)
     return model, data.load(f"synthetic:{c}x{h}x{w}").x_train.mean(0).to(DEVICE)
+
+
+def trained(arch: str, ds: data.Dataset, epochs: int) -> nn.Module:
+    """The arch (seed 0) trained `epochs` epochs on `ds` with its own recipe, on ds's device, in eval mode."""
+    torch.manual_seed(0)
+    model = models.build(arch, num_classes=ds.num_classes).to(ds.x_train.device)
+    recipe = train.recipe_for(arch)
+    steps = train.steps_per_epoch(ds.x_train.shape[0], recipe.batch_size)
+    optimizer, scheduler = train.make_optimizer(model, recipe, max(1, epochs * steps))
+    generator = torch.Generator().manual_seed(0)
+    for epoch in range(epochs):
+        train.train_epoch(model, optimizer, scheduler, ds.x_train, ds.y_train, recipe, generator=generator, epoch=epoch + 1)
+    return model.eval()
 
 
 def print_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -33,8 +33,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from common import interval, parser, setup
-from raysweep import data, models, quadrature, train
+from common import interval, parser, setup, trained
+from raysweep import data, quadrature
 from raysweep.packets import PacketStats, moments, packet_stats
 
 
@@ -58,16 +58,8 @@ SMOKE_TRAIN = 128  # training images with --smoke-test
 def trained_model(arch: str, dataset: str, epochs: int, limit_train: int | None) -> tuple[nn.Module, torch.Tensor]:
     """The arch trained `epochs` epochs on `dataset` with its recipe, BatchNorm statistics recomputed on the
     training images (a no-op without BatchNorm), in eval mode; and the mean training image."""
-    torch.manual_seed(0)
     ds = data.load(dataset, limit_train=limit_train)
-    model = models.build(arch)
-    if epochs:
-        recipe = train.recipe_for(arch)
-        steps = train.steps_per_epoch(ds.x_train.shape[0], recipe.batch_size)
-        optimizer, scheduler = train.make_optimizer(model, recipe, epochs * steps)
-        generator = torch.Generator().manual_seed(0)
-        for epoch in range(epochs):
-            train.train_epoch(model, optimizer, scheduler, ds.x_train, ds.y_train, recipe, generator=generator, epoch=epoch)
+    model = trained(arch, ds, epochs)
     torch.optim.swa_utils.update_bn(ds.x_train.split(256), model)
     return model.eval(), ds.x_train.mean(0)
 

@@ -51,6 +51,30 @@ def fresh_head(classifier: nn.Module, seed: int) -> nn.Module:
     return head
 
 
+def train_head(
+    classifier: nn.Module,
+    f_train: torch.Tensor,
+    y_train: torch.Tensor,
+    *,
+    epochs: int,
+    seed: int,
+    epoch: int,
+    recipe: train.Recipe = train.ADAM,
+) -> tuple[nn.Module, float]:
+    """A fresh copy of `classifier` (`fresh_head`) trained `epochs` epochs on the features under
+    `recipe`, in eval mode, and its mean training loss in the last of them. `epoch` is the trial's,
+    for the message should the loss stop being finite."""
+    head = fresh_head(classifier, seed)
+    optimizer, _ = train.make_optimizer(head, recipe, 1)
+    generator = torch.Generator().manual_seed(seed)
+    loss = float("nan")
+    for _ in range(epochs):
+        loss = train.train_epoch(
+            head, optimizer, None, f_train, y_train, recipe, generator=generator, epoch=epoch, stage="feature-head"
+        )
+    return head.eval(), loss
+
+
 def build(
     model: nn.Module,
     x_train: torch.Tensor,
@@ -64,14 +88,6 @@ def build(
     """Freeze `model.features`, retrain a fresh copy of `model.classifier` on its features."""
     f_train = extract(model.features, x_train)
     f_test = extract(model.features, x_test)
-    head = fresh_head(model.classifier, seed)
-    optimizer, _ = train.make_optimizer(head, train.ADAM, 1)
-    generator = torch.Generator().manual_seed(seed)
-    loss = float("nan")
-    for _ in range(epochs):
-        loss = train.train_epoch(
-            head, optimizer, None, f_train, y_train, train.ADAM, generator=generator, epoch=epoch, stage="feature-head"
-        )
-    head.eval()
+    head, loss = train_head(model.classifier, f_train, y_train, epochs=epochs, seed=seed, epoch=epoch)
     lo, hi = f_train.min(0).values, f_train.max(0).values
     return FeatureSpace(head, f_train, f_test, lo, hi, float((hi - lo).mean()), loss)

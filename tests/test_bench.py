@@ -19,6 +19,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         ("scaling.py", "ms/dim"),
         ("estimator.py", "evals/pair"),
         ("epoch.py", "feature head"),
+        ("head.py", "test acc"),
     ],
 )
 def test_bench_script_smoke_test_prints_its_table(script: str, header: str) -> None:
