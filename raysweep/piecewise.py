@@ -149,6 +149,36 @@ def walk(
     return pieces
 
 
+@torch.no_grad()
+def pattern_changes(
+    model: nn.Module, x_base: torch.Tensor, dims: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, points: int,
+) -> torch.Tensor:
+    """Per line, in how many of the gaps between `points` evenly spaced points on [a_d, b_d] some ReLU
+    input changes sign or some max-pool window changes winner: a lower bound on the line's linear
+    pieces minus one (several breakpoints may share a gap), from one forward pass of
+    len(dims) * points rows, without the walk's one sequential step per piece. Model in eval mode.
+    """
+    check_supported(model)
+    D = dims.numel()
+    t = a[:, None] + (b - a)[:, None] * torch.linspace(0, 1, points, dtype=torch.float64, device=a.device)
+    x, _ = line_inputs(x_base.reshape(-1), dims.to(a.device).repeat_interleave(points), t.reshape(-1))
+    changed = torch.zeros(D, points - 1, dtype=torch.bool, device=x.device)
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        p = args[0]
+        state = _windows(module, p).argmax(-1) if isinstance(module, nn.MaxPool2d) else p > 0
+        state = state.reshape(D, points, -1)
+        changed.logical_or_((state[:, 1:] != state[:, :-1]).any(-1))
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, PIECEWISE_MODULES)]
+    try:
+        model(x.view(D * points, *x_base.shape))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return changed.sum(1)
+
+
 class _CrossingRecorder:
     """Forward pre-hook: per batch row, the smallest positive t-distance at which any ReLU input or
     max-pool window winner changes, from the primal p and tangent dp of the module's input."""

@@ -8,7 +8,7 @@ from torch import nn
 
 from raysweep import models
 from raysweep.packets import packet_stats
-from raysweep.piecewise import walk
+from raysweep.piecewise import pattern_changes, walk
 
 FIELDS = ("sx", "sp", "mean_x", "mean_p", "beta", "B")
 
@@ -141,3 +141,16 @@ def test_batch_size_changes_memory_not_values() -> None:
     for name in FIELDS:
         torch.testing.assert_close(getattr(small, name), getattr(whole, name), rtol=1e-12, atol=1e-15)
     assert torch.equal(small.evaluations, whole.evaluations)
+
+
+def test_pattern_changes_bound_the_pieces_and_find_them_all_when_fine() -> None:
+    net = conv_pool_bn(4)
+    x_base = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    dims = torch.tensor([9, 27, 36])
+    a, b = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    count = walk(net, x_base, dims, a, b).count
+    assert int(count.min()) > 3  # kinks of ReLU and max-pool winners on every line
+    coarse = pattern_changes(net, x_base, dims, a, b, points=5)
+    fine = pattern_changes(net, x_base, dims, a, b, points=20_001)  # spacing far below every piece here
+    assert (coarse <= count - 1).all() and (coarse < fine).any()
+    assert torch.equal(fine, count - 1)

@@ -189,6 +189,23 @@ def test_auto_estimator_takes_gauss_where_kinks_are_too_dense_to_walk(units: int
     assert (units + 1 > AUTO_MAX_PIECES) == (expected == "gauss")
 
 
+def test_auto_estimator_sees_dense_kinks_without_walking(monkeypatch) -> None:
+    from raysweep import piecewise
+    from raysweep.trial import _auto_estimator
+
+    def no_walk(*args, **kwargs):
+        raise AssertionError("walked lines whose pattern changes in every gap")
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4096), torch.nn.ReLU(), torch.nn.Linear(4096, 10))
+    with torch.no_grad():  # 4,096 kinks at t = U(0, 1) on line 0: about 16 per gap of the probe
+        net[1].weight[:, 0] = 1.0
+        net[1].bias.copy_(-torch.rand(4096) - net[1].weight[:, 1:].sum(1) * 0.5)
+    monkeypatch.setattr(piecewise, "walk", no_walk)
+    zeros, ones = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    assert _auto_estimator(net.eval(), torch.full((1, 4, 4), 0.5), torch.tensor([0]), zeros, ones) == "gauss"
+
+
 def test_default_chunk_is_64_dims_on_the_cpu_and_one_task_per_worker_on_a_gpu() -> None:
     trial = Trial(dataclasses.replace(TINY, chunk=None, workers=3, epochs=1))
     assert trial._default_chunk(3072) == 64 and len(trial._packet_tasks("pixel", trial.model, trial.x_base, 0.0, 1.0, 1)) == 1
