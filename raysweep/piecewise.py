@@ -67,6 +67,13 @@ def check_supported(model: nn.Module) -> None:
     for name, module in model.named_modules():
         if next(module.children(), None) is not None:
             continue  # containers: their own arithmetic is checked by continuity after the walk
+        if isinstance(module, nn.MaxPool2d) and (
+            _pair(module.padding) != (0, 0) or _pair(module.dilation) != (1, 1) or module.ceil_mode
+        ):
+            raise ValueError(
+                f"estimator 'piecewise' reads max-pool windows without padding, dilation or ceil_mode, and module "
+                f"{name!r} ({module}) has them: use estimator='gauss'"
+            )
         if isinstance(module, PIECEWISE_MODULES + AFFINE_MODULES) or getattr(module, "piecewise_affine", False):
             continue
         raise ValueError(

@@ -95,6 +95,15 @@ def test_smooth_activations_are_refused() -> None:
         packet_stats(net, torch.rand(1, 5, 5, dtype=torch.float64), [0], 0.0, 1.0, estimator="piecewise")
 
 
+@pytest.mark.parametrize("pool", [nn.MaxPool2d(3, 2, padding=1), nn.MaxPool2d(2, dilation=2), nn.MaxPool2d(3, 2, ceil_mode=True)])
+def test_max_pools_whose_windows_the_walk_cannot_read_are_refused(pool: nn.MaxPool2d) -> None:
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), pool, nn.Flatten(), nn.LazyLinear(3)).double()
+    x_base = torch.rand(1, 8, 8, dtype=torch.float64)
+    net(x_base[None])  # materialise the lazy layer
+    with pytest.raises(ValueError, match="without padding, dilation or ceil_mode.*use estimator='gauss'"):
+        packet_stats(net.eval(), x_base, [0], 0.0, 1.0, estimator="piecewise")
+
+
 class HiddenTanh(nn.Module):
     """A container whose own forward applies a nonlinearity no module declares."""
 
