@@ -78,7 +78,7 @@ def _spreads(ax: plt.Axes, frame: pd.DataFrame, key: tuple) -> None:
     run, arch, dataset, space = key
     spreads = frame.drop_duplicates(["trial", "epoch"]).sort_values(["trial", "epoch"])
     unit = "pixel units" if space == "pixel" else "feature units"
-    for trial, part in spreads.groupby("trial"):
+    for _, part in spreads.groupby("trial"):
         ax.plot(part["DX"], part["DP"], color="0.75", linewidth=0.8, zorder=1)
     points = ax.scatter(spreads["DX"], spreads["DP"], c=spreads["epoch"], cmap="viridis", s=18, zorder=2)
     plt.colorbar(points, ax=ax, label="epoch")

@@ -27,7 +27,6 @@ import os
 import re
 import uuid
 from dataclasses import asdict
-from typing import Iterable
 
 import pandas as pd
 import pyarrow as pa

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from datafiles import write_idx, write_idx_dataset
+from datafiles import write_idx_dataset
 from raysweep import data
 from raysweep.errors import UserError
 

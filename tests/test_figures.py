@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from scipy import stats
 
 from raysweep import figures, report, sweep, tradeoff
 from raysweep.cli import main
