@@ -1,8 +1,9 @@
-"""A plugin architecture that kills its own process once, for fault tests.
+"""Plugin architectures that fail on purpose, for fault tests.
 
 `KillOnceInTask` is an mnist_conv3 whose forward, when it runs inside a Ray *task*
 (the packet stage, never the trial actor), hard-exits the worker the first time
 the marker file named by RAYSWEEP_TEST_MARKER does not exist yet.
+`NanFromSecondEpoch` trains one epoch, then its loss turns NaN.
 """
 
 from __future__ import annotations
@@ -34,3 +35,24 @@ def _in_ray_task() -> bool:
 
     worker = ray._private.worker.global_worker
     return ray.is_initialized() and worker.mode == ray.WORKER_MODE and worker.actor_id.is_nil()
+
+
+class NanFromSecondEpoch(nn.Module):
+    """An mnist_conv3 whose training forward returns NaN logits once it has seen more than
+    `images_per_epoch` training images: the first epoch trains normally, the second blows up."""
+
+    images_per_epoch = 96  # the tests' limit_train
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        inner = models.build("mnist_conv3", num_classes)
+        self.features, self.classifier = inner.features, inner.classifier
+        self.seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.classifier(self.features(x))
+        if self.training:
+            self.seen += x.shape[0]
+            if self.seen > self.images_per_epoch:
+                return out * float("nan")
+        return out

@@ -196,3 +196,16 @@ def test_local_ray_dashboard_binds_to_loopback(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     raycluster.connect()
     assert seen["dashboard_host"] == "127.0.0.1" and seen["address"] is None
+
+
+def test_a_loss_turning_nan_stops_the_run_naming_epoch_and_stage_and_earlier_epochs_stay(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(tmp_path / "run")
+    assert main([*SMOKE, "arch=faulty:NanFromSecondEpoch", "epochs=3", "--out", out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "epoch 2: the train loss became nan (stage: train)" in err, err
+    for dataset in ("epochs", "packets", "embeddings"):
+        assert set(pd.read_parquet(Path(out) / dataset)["epoch"]) == {1}
+    assert main(["status", out]) == 0
+    assert "1/3" in capsys.readouterr().out

@@ -151,6 +151,36 @@ def test_nan_loss_stops_with_the_epoch_and_stage() -> None:
     assert trial.epoch == 1  # the finished epoch stands
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_packet_value_stops_with_the_epoch_and_stage(value: float) -> None:
+    from raysweep.trial import run_local
+
+    def overflowing(tasks):  # a packet task whose loss overflowed in one pair of the feature space
+        results = run_local(tasks)
+        for task, stats in zip(tasks, results, strict=True):
+            if task.space == "feature":
+                stats.sp[0, 3] = value
+        return results
+
+    trial = Trial(TINY)
+    trial.run_epoch()
+    with pytest.raises(UserError, match=r"^epoch 2: non-finite packet values in feature space \(stage: packets\)"):
+        trial.run_epoch(overflowing)
+
+
+def test_an_infinite_training_loss_stops_with_the_epoch_and_stage() -> None:
+    from raysweep import train
+
+    model = torch.nn.Linear(4, 2)
+    with torch.no_grad():  # finite logits (3e38, -3e38) for label 1: a cross-entropy of 6e38, +inf in float32
+        model.weight.copy_(torch.tensor([[0.75e38] * 4, [-0.75e38] * 4]))
+        model.bias.zero_()
+    optimizer, _ = train.make_optimizer(model, train.ADAM, 1)
+    x, y = torch.ones(8, 4), torch.ones(8, dtype=torch.long)
+    with pytest.raises(UserError, match=r"^epoch 7: the feature-head loss became inf \(stage: feature-head\)"):
+        train.train_epoch(model, optimizer, None, x, y, train.ADAM, generator=torch.Generator(), epoch=7, stage="feature-head")
+
+
 def test_unknown_attack_is_a_user_error() -> None:
     with pytest.raises(UserError, match="unknown or malformed attack .cw:eps=1.: write it as"):
         Trial(dataclasses.replace(TINY, attacks="cw:eps=1"))
