@@ -24,7 +24,7 @@ from raysweep.errors import UserError
 from raysweep.packets import PacketStats, packet_stats
 
 PCA_DIMS = 50  # embeddings keep this many principal components (t-SNE's usual input)
-AUTO_PROBE_LINES = 2  # lines estimator=auto walks to choose between piecewise and gauss
+AUTO_PROBE_LINES = 2  # lines estimator=auto probes to choose between piecewise and gauss
 AUTO_MAX_PIECES = 256  # pieces per probed line above which auto takes gauss
 CPU_CHUNK = 64  # dimensions per packet task on the CPU (chunk=None): enough tasks to spread over Ray workers
 
@@ -287,7 +287,7 @@ class Trial:
 def _auto_estimator(model: nn.Module, x_base: torch.Tensor, dims: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> str:
     """piecewise where the net is ReLU/MaxPool and its lines have few pieces, else gauss.
 
-    The first AUTO_PROBE_LINES lines are walked with at most AUTO_MAX_PIECES pieces each.
+    The first AUTO_PROBE_LINES lines are probed: walked with at most AUTO_MAX_PIECES pieces each.
     Denser kinks (resnet9 has about 10^4 per unit of pixel) make the walk cost more
     than fine Gauss rules, and float32 cannot resolve them (BENCHMARKS.md). Lines that
     change activation pattern between AUTO_MAX_PIECES + 1 evenly spaced points at every
