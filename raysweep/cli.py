@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -58,8 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="continue a stopped or crashed run", description="Continue every unfinished trial of a run from its newest checkpoint.")
     resume.add_argument("run_dir", metavar="RUN", help="the run directory")
     resume.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
-    status = sub.add_parser("status", help="show a run's progress", description="Each trial's epochs done and last metrics, from the run directory alone.")
+    status = sub.add_parser(
+        "status", help="show a run's progress",
+        description="Whether a driver is working on the run now, each trial's epochs done and last metrics, and any "
+        "damaged file, from the run directory alone.",
+    )
     status.add_argument("run_dir", metavar="RUN", help="the run directory")
+    status.add_argument(
+        "--deep", action="store_true",
+        help="read every Parquet file whole and load every checkpoint (default: footers and archive directories only)",
+    )
     figures = sub.add_parser(
         "figures", help="draw the paper's figures and the trade-off report",
         description="Fig. 1, Fig. 2 and a trade-off report (Markdown and CSV) from the Parquet outputs alone.",
@@ -72,16 +81,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_CURRENT_RUN: list[str] = []  # the run being driven, for the line an interrupt prints
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _CURRENT_RUN.clear()
     try:
         return {"run": _run, "resume": _resume, "status": _status, "figures": _figures}[args.command](args)
     except UserError as exc:
         print(f"raysweep: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("raysweep: interrupted; finished epochs are kept: continue with `raysweep resume RUN`", file=sys.stderr)
+        where = _CURRENT_RUN[-1] if _CURRENT_RUN else "RUN"
+        print(f"raysweep: interrupted; finished epochs are kept: continue with `raysweep resume {where}`", file=sys.stderr)
         return 130
+
+
+def _in_ray_job() -> bool:
+    """True inside the entrypoint of `ray job submit` (Ray's job supervisor sets this variable)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def _check_out_in_job(out: str, given: bool) -> None:
+    if _in_ray_job() and "://" not in out and not os.path.isabs(out):
+        what = f"--out {out} is relative" if given else f"no --out was given (the default {out} is relative)"
+        raise UserError(
+            f"{what}, and inside a Ray job the working directory is a temporary copy that Ray deletes: give --out an "
+            "absolute path on storage every node shares, or a URI such as s3://bucket/runs/name"
+        )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -92,15 +120,24 @@ def _run(args: argparse.Namespace) -> int:
     trials = sweep_config.trials()
     if args.out and overrides.get("storage") and args.out != overrides["storage"]:
         raise UserError(f"--out {args.out} and storage={overrides['storage']} disagree: give one of them")
-    out = args.out or overrides.get("storage") or f"runs/{args.preset}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
+    given = args.out or overrides.get("storage")
+    out = given or f"runs/{args.preset}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
+    _check_out_in_job(out, bool(given))
+    if args.executor == "local" and args.address:
+        raise UserError(f"--address {args.address} joins a Ray cluster, but --executor local runs without Ray: drop one")
     run_store = store.RunStore(out)
     run_store.check_new()
     sweep.preflight(trials)
     with _cluster(args.executor, args.address):  # connect first: a dead address leaves no half-made run
+        if args.executor == "ray":
+            from raysweep import tuner
+
+            tuner.check_placeable(trials)  # before the run exists: an impossible request writes nothing
         run_store.create(sweep.manifest(sweep_config, preset=args.preset, overrides=overrides, executor=args.executor))
-        print(f"raysweep: {len(trials)} trial(s), executor {args.executor} -> {out}", flush=True)
+        _CURRENT_RUN.append(out)
+        _say(f"raysweep: {len(trials)} trial(s), executor {args.executor} -> {out}")
         _execute(args.executor, run_store, trials, address=args.address, resume=False)
-    print(f"raysweep: done. Results in {out} (status: raysweep status {out})")
+    _say(f"raysweep: done. Results in {out} (status: raysweep status {out})")
     return 0
 
 
@@ -116,18 +153,18 @@ def _execute(executor: str, run_store: RunStore, trials: list[cfg.TrialConfig], 
     if executor == "local":
         from raysweep import sweep
 
-        sweep.run_trials(run_store, trials, progress=_say)
+        sweep.run_local_driver(run_store, trials, _say)
         return
     from raysweep import tuner
 
-    (tuner.resume if resume else tuner.run)(run_store, trials, address=address)
+    (tuner.resume if resume else tuner.run)(run_store, trials, address=address, say=_say)
 
 
 def _open_run(path: str) -> tuple[RunStore, list[cfg.TrialConfig]]:
-    from raysweep import store, sweep
+    from raysweep import store
 
     run_store = store.RunStore(path)
-    return run_store, sweep.trial_configs(run_store.manifest())
+    return run_store, cfg.trial_configs(run_store.manifest())
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -139,6 +176,7 @@ def _resume(args: argparse.Namespace) -> int:
         manifest = run_store.rebuild_manifest({"raysweep": __version__, "executor": executor})
         print(f"raysweep: rebuilt {run_store.manifest_path} from the Parquet files ({len(manifest['trials'])} trial(s))")
     run_store, trials = _open_run(args.run_dir)
+    _CURRENT_RUN.append(args.run_dir)
     recomputed = sweep.repair(run_store, trials, progress=_say)
     for problem in run_store.checkpoint_problems():
         print(f"raysweep: note: checkpoint {problem}; it is never resumed from (delete it at will)")
@@ -149,18 +187,23 @@ def _resume(args: argparse.Namespace) -> int:
     executor = run_store.manifest().get("executor", "local")
     with _cluster(executor, args.address):
         _execute(executor, run_store, trials, address=args.address, resume=True)
-    print(f"raysweep: done. Results in {args.run_dir}")
+    _say(f"raysweep: done. Results in {args.run_dir}")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
+    from raysweep import progress
+
     run_store, trials = _open_run(args.run_dir)
+    print(f"{args.run_dir}: {progress.liveness(run_store)}")
     problems = [
         f"DAMAGED {reason}; `raysweep resume {args.run_dir}` measures epoch {epoch} of {trial.name} again"
         for trial in trials
-        for epoch, reason in run_store.damaged_epochs(trial).items()
+        for epoch, tables in run_store.damaged_epochs(trial, deep=args.deep).items()
+        for reason in tables.values()
     ] + [
-        f"CHECKPOINT {problem}; `raysweep resume {args.run_dir}` does not resume from it" for problem in run_store.checkpoint_problems()
+        f"CHECKPOINT {problem}; `raysweep resume {args.run_dir}` does not resume from it"
+        for problem in run_store.checkpoint_problems(deep=args.deep)
     ]
     for line in problems:
         print(line)
@@ -188,15 +231,26 @@ def _figures(args: argparse.Namespace) -> int:
         chosen = [int(e) for e in args.epochs.split(",") if e.strip()]
     except ValueError:
         raise UserError(f"--epochs {args.epochs!r}: give comma-separated epoch numbers, e.g. 1,21,41") from None
+    from raysweep.store import RunStore
+
     loaded = results.load(args.runs)
-    out = Path(args.out or Path(args.runs[0]) / "figures")
-    for note in loaded.notes:
-        print(f"raysweep: note: {note}", file=sys.stderr)
-    written = report.write(loaded, out) + figures.fig2(loaded, out, args.format)
-    if not args.no_tsne:
-        written += figures.fig1(loaded, out, args.format, chosen)
-    for path in written:
-        print(path)
+    first = RunStore(args.runs[0])
+    with contextlib.ExitStack() as stack:
+        if args.out or first.is_local:
+            out = Path(args.out or Path(first.root) / "figures")
+        else:  # drawn here, then copied into RUN/figures on the run's own storage
+            import tempfile
+
+            out = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        for note in loaded.notes:
+            print(f"raysweep: note: {note}", file=sys.stderr)
+        written = report.write(loaded, out) + figures.fig2(loaded, out, args.format)
+        if not args.no_tsne:
+            written += figures.fig1(loaded, out, args.format, chosen)
+        if not (args.out or first.is_local):
+            written = [first.upload(path, f"figures/{path.name}") for path in written]
+        for path in written:
+            print(path)
     return 0
 
 

@@ -162,6 +162,11 @@ GRID_KEYS = ("arch", "dataset", "seed")
 RUN_KEYS = ("storage",)  # where the run directory lives (a path or a pyarrow filesystem URI); same as --out
 
 
+def trial_configs(run_manifest: dict) -> list[TrialConfig]:
+    """The trials a run's manifest lists."""
+    return [TrialConfig(**cfg) for cfg in run_manifest["trials"].values()]
+
+
 def parse_overrides(items: typing.Iterable[str]) -> dict[str, str]:
     """`key=value` strings to a dict; unknown keys name the valid ones."""
     valid = GRID_KEYS + RUN_KEYS + tuple(f.name for f in dataclasses.fields(TrialConfig) if f.name not in GRID_KEYS)

@@ -19,7 +19,6 @@ This module is pure torch: no Ray, no file formats.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -94,9 +93,7 @@ def line_losses(
     for start in range(0, rows.numel(), step):
         x, tangent = line_inputs(flat, rows[start : start + step], values[start : start + step])
         m = x.shape[0]
-        with torch.no_grad(), warnings.catch_warnings():
-            # torch.func's forward mode trips torch's own jit-deprecation warning; it is not ours to act on
-            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        with torch.no_grad():
             z, dz = torch.func.jvp(lambda inp: model(inp.view(m, *shape)), (x,), (tangent,))
         gl, dgl = loss_and_slope(z, dz, loss_clip=loss_clip)
         g.append(gl)

@@ -26,18 +26,21 @@ import json
 import os
 import re
 import uuid
+import zipfile
 from dataclasses import asdict
+from typing import TYPE_CHECKING, Iterable
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import torch
 
 from raysweep.config import TrialConfig
 from raysweep.errors import UserError
-from raysweep.trial import EpochResult
+
+if TYPE_CHECKING:  # the store must not need torch or the epoch loop to read a run (`status`)
+    from raysweep.trial import EpochResult
 
 TABLES = ("epochs", "packets", "embeddings")
 REQUIRED = ("epochs", "packets")  # written every epoch; embeddings only when the trial draws Fig. 1 points
@@ -101,6 +104,35 @@ class RunStore:
     def location(self) -> str:
         """Where the run lives, for other processes: an absolute local path or the URI as given."""
         return self.root if isinstance(self.fs, pafs.LocalFileSystem) else self.uri
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def child(self, name: str) -> str:
+        """The location of `name` inside the run: a path, or the URI with `/name` before its query
+        (`s3://bucket/run?endpoint_override=...` -> `s3://bucket/run/tune?endpoint_override=...`)."""
+        if self.is_local:
+            return f"{self.root}/{name}"
+        base, sep, query = self.uri.partition("?")
+        return f"{base.rstrip('/')}/{name}{sep}{query}"
+
+    # -- small JSON files beside the datasets (driver heartbeat, trial stages) -----
+    def write_json(self, name: str, value: dict) -> None:
+        self._write_bytes(f"{self.root}/{name}", json.dumps(value, default=str).encode())
+
+    def upload(self, local: "os.PathLike[str] | str", name: str) -> str:
+        """Copy a local file to `name` inside the run (whole or not at all); returns where it went."""
+        with open(local, "rb") as f:
+            self._write_bytes(f"{self.root}/{name}", f.read())
+        return self.child(name)
+
+    def read_json(self, name: str) -> dict | None:
+        path = f"{self.root}/{name}"
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(path) as f:
+            return json.loads(f.read())
 
     # -- manifest -----------------------------------------------------------------
     @property
@@ -195,24 +227,25 @@ class RunStore:
         self._manifest = manifest
 
     # -- results ------------------------------------------------------------------
-    def write_epoch(self, config: TrialConfig, result: EpochResult) -> None:
-        """Write the epoch's three tables, each replacing any earlier file of that epoch.
+    def write_epoch(self, config: TrialConfig, result: EpochResult, tables: Iterable[str] = TABLES) -> None:
+        """Write the epoch's tables (all three, or the ones named), each replacing any earlier file of that epoch.
 
         `epochs` goes last: its file marks the epoch as written (`epochs_written`, and so
         `sweep.last_written`), so a stop between files leaves the epoch to be measured again.
         """
+        wanted = set(tables)
         name = check_name(config.name)
         meta = {b"raysweep.trial": json.dumps(asdict(config)).encode(), b"raysweep.run": (self.run_id or "").encode()}
         epochs = pd.DataFrame(result.metrics).assign(
             trial=name, arch=config.arch, dataset=config.dataset, seed=config.seed
         )
-        tables = {
+        frames = {
             "packets": pd.DataFrame(result.packets).assign(trial=name),
             "embeddings": pd.DataFrame(result.embeddings).assign(trial=name) if result.embeddings else None,
             "epochs": epochs,
         }
-        for table, frame in tables.items():
-            if frame is None:
+        for table, frame in frames.items():
+            if frame is None or table not in wanted:
                 continue
             schema = SCHEMAS[table].with_metadata(meta)
             arrow = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
@@ -248,8 +281,12 @@ class RunStore:
         keys = [c for c in ("trial", "epoch", "space", "attack", "class", "dim", "kind", "point") if c in frame]
         return frame.sort_values(keys).reset_index(drop=True)
 
-    def damaged(self, table: str) -> list[str]:
-        """Files of a dataset that do not read as Parquet (truncated, overwritten, not ours)."""
+    def damaged(self, table: str, *, deep: bool = True) -> list[str]:
+        """Files of a dataset that do not read as Parquet (truncated, overwritten, not ours).
+
+        deep=False reads each file's footer only (its schema and row groups: what a
+        truncation or an overwrite destroys), not its data: `status` without `--deep`.
+        """
         selector = pafs.FileSelector(f"{self.root}/{table}", recursive=True, allow_not_found=True)
         bad = []
         for info in self.fs.get_file_info(selector):
@@ -257,7 +294,10 @@ class RunStore:
                 continue
             try:
                 with self.fs.open_input_file(info.path) as f:
-                    pq.ParquetFile(f).read()
+                    if deep:
+                        pq.ParquetFile(f).read()
+                    else:
+                        pq.read_metadata(f)
             except (pa.ArrowInvalid, OSError):
                 bad.append(info.path)
         return sorted(bad)
@@ -267,30 +307,33 @@ class RunStore:
         selector = pafs.FileSelector(f"{self.root}/{table}/{check_name(trial)}", allow_not_found=True)
         return sorted(int(m.group(1)) for f in self.fs.get_file_info(selector) if (m := _EPOCH.search(f.path)))
 
-    def damaged_epochs(self, config: TrialConfig) -> dict[int, str]:
-        """Epochs up to the trial's last written one that must be recomputed, each with the reason.
+    def damaged_epochs(self, config: TrialConfig, *, deep: bool = True) -> dict[int, dict[str, str]]:
+        """Epochs up to the trial's last written one that must be recomputed: per epoch, each damaged
+        table with the reason (so that `resume` rewrites those files and no others).
 
-        An epoch is damaged when one of its files does not read, or when a required
-        file (or, if the trial draws Fig. 1 points, its embeddings file) is missing.
+        A file is damaged when it does not read (see `damaged`), or when a required file
+        (or, if the trial draws Fig. 1 points, its embeddings file) is missing.
         """
         name = check_name(config.name)
         required = REQUIRED + (("embeddings",) if config.embed_points and config.attack_list else ())
         written = {table: set(self.epochs_written(name, table)) for table in TABLES}
         last = max((max(e) for e in written.values() if e), default=0)
-        problems: dict[int, str] = {}
+        problems: dict[int, dict[str, str]] = {}
         for table in TABLES:
-            for path in self.damaged(table):
+            for path in self.damaged(table, deep=deep):
                 if path.split("/")[-2] == name and (m := _EPOCH.search(path)):
-                    problems.setdefault(int(m.group(1)), f"{path} is truncated or corrupt")
+                    problems.setdefault(int(m.group(1)), {})[table] = f"{path} is truncated or corrupt"
         for epoch in range(1, last + 1):
             for table in required:
                 if epoch not in written[table]:
-                    problems.setdefault(epoch, f"{self._epoch_path(table, name, epoch, 'parquet')} is missing")
+                    problems.setdefault(epoch, {})[table] = f"{self._epoch_path(table, name, epoch, 'parquet')} is missing"
         return dict(sorted(problems.items()))
 
     # -- checkpoints --------------------------------------------------------------
     def checkpoint_bytes(self, trial: str, state: dict) -> bytes:
         """A trial state as checkpoint bytes, stamped with this run's id and the trial's name."""
+        import torch
+
         buffer = io.BytesIO()
         torch.save({**state, "run_id": self.run_id, "trial": trial}, buffer)
         return buffer.getvalue()
@@ -300,6 +343,8 @@ class RunStore:
 
         Raises CheckpointError if it does not load or belongs to another run or trial.
         """
+        import torch
+
         try:
             state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a damaged or hostile pickle
@@ -337,16 +382,31 @@ class RunStore:
             if (problem := self._checkpoint_problem(path, trial))
         }
 
-    def checkpoint_problems(self) -> list[str]:
-        """Every checkpoint file in the run (ours and Tune's) that does not load or is not this run's."""
+    def checkpoint_problems(self, *, deep: bool = True) -> list[str]:
+        """Every checkpoint file in the run (ours and Tune's) that does not load or is not this run's.
+
+        deep=False only checks that each is a whole zip archive (torch's format: a cut
+        file loses its directory), without torch; deep=True loads each and checks its run id.
+        """
         problems = []
-        for info in self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True, allow_not_found=True)):
-            if info.type == pafs.FileType.File and info.base_name.endswith(".pt") and not info.base_name.startswith("."):
-                # checkpoints/<trial>/epoch-N.pt, or Tune's tune/<trial>/checkpoint_N/state.pt
-                parts = info.path[len(self.root) + 1 :].split("/")
-                if problem := self._checkpoint_problem(info.path, parts[1] if len(parts) > 2 else ""):
-                    problems.append(problem)
+        for folder in ("checkpoints", TUNE_FOLDER):
+            selector = pafs.FileSelector(f"{self.root}/{folder}", recursive=True, allow_not_found=True)
+            for info in self.fs.get_file_info(selector):
+                if info.type == pafs.FileType.File and info.base_name.endswith(".pt") and not info.base_name.startswith("."):
+                    # checkpoints/<trial>/epoch-N.pt, or Tune's tune/<trial>/checkpoint_N/state.pt
+                    parts = info.path[len(self.root) + 1 :].split("/")
+                    check = self._checkpoint_problem if deep else self._archive_problem
+                    if problem := check(info.path, parts[1] if len(parts) > 2 else ""):
+                        problems.append(problem)
         return sorted(problems)
+
+    def _archive_problem(self, path: str, trial: str) -> str | None:
+        try:
+            with self.fs.open_input_file(path) as f:
+                zipfile.ZipFile(f).close()
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return f"{path} does not load (not a whole checkpoint archive)"
+        return None
 
     def _read_checkpoint(self, path: str, trial: str) -> dict:
         with self.fs.open_input_stream(path) as f:

@@ -23,6 +23,7 @@ import torch
 
 from raysweep import __version__, aggregates
 from raysweep.config import SweepConfig, TrialConfig
+from raysweep.progress import Board, Monitor
 from raysweep.store import RunStore, check_name
 from raysweep.trial import EpochResult, PacketRunner, Trial, resolve_device, run_local
 
@@ -55,10 +56,6 @@ def manifest(sweep: SweepConfig, *, preset: str, overrides: dict[str, str], exec
     }
 
 
-def trial_configs(run_manifest: dict) -> list[TrialConfig]:
-    return [TrialConfig(**cfg) for cfg in run_manifest["trials"].values()]
-
-
 def preflight(trials: list[TrialConfig]) -> None:
     """Build every trial once on the CPU so that bad input fails here, before any cluster work."""
     for config in trials:
@@ -67,9 +64,13 @@ def preflight(trials: list[TrialConfig]) -> None:
 
 
 def run_trials(
-    store: RunStore, trials: list[TrialConfig], *, runner: PacketRunner = run_local, progress: Progress = print
+    store: RunStore, trials: list[TrialConfig], *, runner: PacketRunner = run_local, progress: Progress = print,
+    board: Board | None = None,
 ) -> None:
-    """Run every trial to its last epoch, resuming each from its newest usable checkpoint."""
+    """Run every trial to its last epoch, resuming each from its newest usable checkpoint.
+
+    With a `board`, each epoch announces its stages there (a `progress.Monitor` shows the long ones).
+    """
     for config in trials:
         _set_threads(config)
         last = last_written(store, config)
@@ -77,10 +78,20 @@ def run_trials(
         if trial.done:
             progress(f"[{config.name}] already finished ({trial.epoch}/{config.epochs} epochs)")
         while not trial.done:
-            result = trial.run_epoch(runner)
+            stage = board.hook(config.name, trial.epoch + 1, config.epochs) if board else None
+            result = trial.run_epoch(runner, stage) if stage else trial.run_epoch(runner)
             store.write_epoch(config, result)
             store.save_checkpoint(config.name, trial.epoch, trial.state_dict())
+            if board:
+                board.finished(config.name)
             progress(epoch_line(config, result))
+
+
+def run_local_driver(store: RunStore, trials: list[TrialConfig], say: Progress) -> None:
+    """`--executor local`: the trials in this process, with heartbeat and live stages."""
+    board = Board()
+    with Monitor(store, say, board.stages, executor="local"):
+        run_trials(store, trials, progress=say, board=board)
 
 
 def last_written(store: RunStore, config: TrialConfig) -> int:
@@ -101,10 +112,10 @@ def repair(store: RunStore, trials: list[TrialConfig], *, runner: PacketRunner =
     recomputed = 0
     for config in trials:
         _set_threads(config)
-        for epoch, reason in store.damaged_epochs(config).items():
+        for epoch, tables in store.damaged_epochs(config).items():
             trial = Trial.restored(config, store.load_checkpoint(config.name, before=epoch), epoch - 1)
-            store.write_epoch(config, trial.run_epoch(runner))
-            progress(f"[{config.name}] epoch {epoch} measured again ({reason})")
+            store.write_epoch(config, trial.run_epoch(runner), tables=tables)
+            progress(f"[{config.name}] epoch {epoch} measured again ({'; '.join(tables.values())})")
             recomputed += 1
         for epoch, reason in store.bad_checkpoints(config.name).items():
             trial = Trial.restored(config, store.load_checkpoint(config.name, before=epoch), epoch)

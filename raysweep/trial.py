@@ -60,12 +60,22 @@ class PacketTask:
         return replace(self, model=self.model.to(device), x_base=self.x_base.to(device))
 
 
-PacketRunner = Callable[[Sequence[PacketTask]], list[PacketStats]]
+DimsDone = Callable[[int], None]  # told the number of dimensions finished so far
+PacketRunner = Callable[[Sequence[PacketTask], DimsDone], list[PacketStats]]
+StageHook = Callable[..., None]  # (stage, done=0, total=0): what the epoch is doing now
 
 
-def run_local(tasks: Sequence[PacketTask]) -> list[PacketStats]:
+def run_local(tasks: Sequence[PacketTask], on_done: DimsDone = lambda dims: None) -> list[PacketStats]:
     """The in-process runner of `--executor local`."""
-    return [task.run() for task in tasks]
+    results = []
+    for task in tasks:
+        results.append(task.run())
+        on_done(sum(t.dims.numel() for t in tasks[: len(results)]))
+    return results
+
+
+def _no_stage(stage: str, done: int = 0, total: int = 0) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -188,13 +198,19 @@ class Trial:
         self.epoch += 1
         return loss
 
-    def run_epoch(self, runner: PacketRunner = run_local) -> EpochResult:
-        """Train one epoch, then measure it. Advances `self.epoch`."""
+    def run_epoch(self, runner: PacketRunner = run_local, on_stage: StageHook = _no_stage) -> EpochResult:
+        """Train one epoch, then measure it. Advances `self.epoch`.
+
+        `on_stage` hears each stage as it begins: train, attack, feature head,
+        packets (with pairs done and total, as chunks finish), embeddings.
+        """
         cfg, d = self.config, self.data
         start = time.perf_counter()
+        on_stage("train")
         train_loss = self.train_epoch()
         epoch = self.epoch
         self.model.eval()
+        on_stage("attack")
         # Attack randomness depends on (seed, epoch) only, so a resumed epoch repeats exactly.
         attack_gen = torch.Generator(self.device).manual_seed(cfg.seed * 100_003 + epoch)
         measured = {
@@ -202,14 +218,19 @@ class Trial:
         }
         tasks = self._packet_tasks("pixel", self.model, self.x_base, 0.0, 1.0, epoch) if "pixel" in cfg.space_list else []
         if "feature" in cfg.space_list:
+            on_stage("feature head")
             fs = features.build(
                 self.model, d.x_train, d.y_train, d.x_test, epochs=cfg.head_epochs, seed=cfg.seed, epoch=epoch
             )
             measured["feature"] = self._measure(fs.head, fs.f_test, fs.lo, fs.hi, fs.scale, fs.train_loss, attack_gen)
             tasks += self._packet_tasks("feature", fs.head, fs.f_train.mean(0), fs.lo, fs.hi, epoch)
-        results = runner(tasks)
+        classes = d.num_classes
+        total = sum(task.dims.numel() for task in tasks) * classes
+        on_stage("packets", 0, total)
+        results = runner(tasks, lambda dims: on_stage("packets", dims * classes, total))
         _check_finite(tasks, results, epoch)
         packets = _packet_columns(tasks, results, epoch)
+        on_stage("embeddings")
         embeddings = self._embeddings(epoch, attack_gen)
         seconds = time.perf_counter() - start
         metrics = [

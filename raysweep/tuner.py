@@ -3,33 +3,42 @@
 Each Tune trial runs the core's epoch loop (`trial.Trial`); its packet stage fans
 out through `remote.RayRunner` into the trial's own placement group. Per epoch
 the trial writes its rows to the run directory, then reports to Tune with a
-checkpoint. A trial that dies restarts from its newest checkpoint
-(`FailureConfig(max_failures)`), trains again without measuring any epoch whose
-rows were written after that checkpoint, and runs the epoch it was in anew: no
-rows lost, none doubled. A checkpoint that is not this run's is never loaded;
-the trial then trains again from the start. Tune keeps its own state in
+checkpoint and its progress line. A trial that dies restarts from its newest
+checkpoint (`FailureConfig(max_failures)`), trains again without measuring any
+epoch whose rows were written after that checkpoint, and runs the epoch it was in
+anew: no rows lost, none doubled. A checkpoint that is not this run's is never
+loaded; the trial then trains again from the start. Tune keeps its own state in
 `<run>/tune`, so `Tuner.restore` resumes a stopped run.
+
+The driver watches (`Watch`, a Tune callback and stopper): it prints each trial's
+epoch line as Tune hands it over, shows long stages while they run, and stops the
+run with one line when a trial waits for resources no alive node can give (a node
+lost for good). A request that no node could ever satisfy is refused before any
+trial starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tempfile
+import time
 
 import torch
 from ray import tune
 
-from raysweep import raycluster
+from raysweep import progress, raycluster
 from raysweep.config import TrialConfig
 from raysweep.errors import UserError
-from raysweep.remote import RayRunner
+from raysweep.remote import RayRunner, quiet_worker
 from raysweep.store import TUNE_FOLDER, CheckpointError, RunStore
 from raysweep.sweep import epoch_line, last_written
 from raysweep.trial import EpochResult, Trial
 
 STATE_FILE = "state.pt"
 MAX_FAILURES = 3  # restarts of a trial from its newest checkpoint
+UNPLACEABLE_GRACE_S = 20.0  # a trial may wait this long for resources no alive node has (nodes may be joining)
 
 
 def bundle_gpus(config: TrialConfig, cluster_has_gpus: bool) -> float:
@@ -39,20 +48,26 @@ def bundle_gpus(config: TrialConfig, cluster_has_gpus: bool) -> float:
     return 1 / (config.workers + 1) if cluster_has_gpus else 0.0
 
 
-def resources(config: TrialConfig, cluster_has_gpus: bool) -> tune.PlacementGroupFactory:
+def bundles(config: TrialConfig, cluster_has_gpus: bool) -> list[dict[str, float]]:
     """The trial's bundle first (Tune runs the trainable there), then one per packet worker."""
     gpus = bundle_gpus(config, cluster_has_gpus)
     bundle = {"CPU": 1.0, **({"GPU": gpus} if gpus else {})}
-    return tune.PlacementGroupFactory([bundle] + [dict(bundle) for _ in range(config.workers)])
+    return [bundle] + [dict(bundle) for _ in range(config.workers)]
+
+
+def resources(config: TrialConfig, cluster_has_gpus: bool) -> tune.PlacementGroupFactory:
+    return tune.PlacementGroupFactory(bundles(config, cluster_has_gpus))
 
 
 def trainable(params: dict) -> None:
     """Tune's function trainable: params = {"trial": TrialConfig fields, "run": run URI, "task_gpus": float}."""
+    quiet_worker()
     config = TrialConfig(**params["trial"])
     # The task bundles idle while the trial trains (it waits on its tasks in the packet stage), so by
     # default training uses every CPU of the trial's placement group, not Ray's one-per-bundle.
     torch.set_num_threads(config.threads or int(1 + config.workers))
     store = RunStore(params["run"])
+    stages = progress.StageFile(store, config.name)
     try:
         last = last_written(store, config)
         trial = Trial.restored(config, _checkpoint_state(store, config.name, last), last)
@@ -60,13 +75,15 @@ def trainable(params: dict) -> None:
         task_threads = config.threads or max(1, (1 + config.workers) // config.workers)
         runner = RayRunner(cpus=1, gpus=params["task_gpus"], threads=task_threads)
         while not trial.done:
-            result = trial.run_epoch(runner)
+            result = trial.run_epoch(runner, stages.hook(trial.epoch + 1, config.epochs))
             store.write_epoch(config, result)
-            print(epoch_line(config, result), flush=True)
             with tempfile.TemporaryDirectory() as folder:
                 with open(os.path.join(folder, STATE_FILE), "wb") as f:
                     f.write(store.checkpoint_bytes(config.name, trial.state_dict()))
-                tune.report(summary(result), checkpoint=tune.Checkpoint.from_directory(folder))
+                tune.report(
+                    {**summary(result), "line": epoch_line(config, result)},
+                    checkpoint=tune.Checkpoint.from_directory(folder),
+                )
     except UserError as exc:
         # Bad input or a NaN repeats on every retry: end the trial and let the driver say why.
         tune.report({"error": str(exc)})
@@ -84,7 +101,7 @@ def _checkpoint_state(store: RunStore, trial: str, last: int) -> dict | None:
         try:
             state = store.parse_checkpoint(f.read(), trial)
         except CheckpointError as exc:
-            print(f"[{trial}] checkpoint {exc}: not used; training again from the start", flush=True)
+            logging.getLogger(__name__).warning("[%s] checkpoint %s: not used; training again from the start", trial, exc)
             return None
     return state if state["epoch"] <= last else None
 
@@ -99,6 +116,83 @@ def summary(result: EpochResult) -> dict:
     return out
 
 
+class Watch(tune.Callback, tune.Stopper):
+    """The driver's view of the run: epoch lines, live stages, and a stop when trials can never be placed."""
+
+    def __init__(self, store: RunStore, say: progress.Say) -> None:
+        self.store, self.say = store, say
+        self.reason: str | None = None
+        self._running: set[str] = set()
+        self._waiting_since: dict[str, float] = {}
+        self._last_look = 0.0
+
+    # -- callback -----------------------------------------------------------------
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if result.get("line"):
+            self.say(result["line"])
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        now = time.monotonic()
+        if now - self._last_look < 2.0:
+            return
+        self._last_look = now
+        self._running = {_name(t) for t in trials if t.status == "RUNNING"}
+        pending = [t for t in trials if t.status == "PENDING"]
+        if not pending:
+            self._waiting_since.clear()
+            return
+        nodes = raycluster.alive_nodes()
+        for t in pending:
+            why = raycluster.unplaceable(t.placement_group_factory.bundles, nodes)
+            if why is None:
+                self._waiting_since.pop(t.trial_id, None)
+                continue
+            since = self._waiting_since.setdefault(t.trial_id, now)
+            if now - since >= UNPLACEABLE_GRACE_S and self.reason is None:
+                self.reason = f"trial {_name(t)} cannot be placed any more: {why}{_lost_nodes()}"
+
+    def stages(self) -> list[progress.Stage]:
+        """Stages of the running trials, from the files they write (for `progress.Monitor`)."""
+        return [s for name in sorted(self._running) if (s := progress.read_stage(self.store, name))]
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its run config into the experiment state; a restored run gets a new Watch.
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(None, lambda line: None)  # type: ignore[arg-type]
+
+    # -- stopper ------------------------------------------------------------------
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.reason is not None
+
+
+def _lost_nodes() -> str:
+    import ray
+
+    dead = [f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n in ray.nodes() if not n.get("Alive")]
+    return f"; lost node(s): {', '.join(dead)}" if dead else ""
+
+
+class _Interrupted(logging.Filter):
+    """Notes Tune's word that a SIGINT stopped the experiment, and keeps its own restore hint and
+    stop notice off the terminal (raysweep names `raysweep resume` instead)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(("Experiment has been interrupted", "Training has been interrupted")):
+            self.seen = True
+            return False
+        return not message.startswith("Stop signal received")
+
+
 def _trainable_with_resources(trials: list[TrialConfig]):
     return tune.with_resources(trainable, resources(trials[0], raycluster.has_gpus()))
 
@@ -107,21 +201,28 @@ def _name(tune_trial) -> str:
     return TrialConfig(**tune_trial.config["trial"]).name
 
 
-def _quiet() -> None:
-    # Short epochs with num_to_keep make Tune force a state snapshot at each checkpoint, which is
-    # what resume needs; its warning about that would flood the terminal.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+def check_placeable(trials: list[TrialConfig]) -> None:
+    """Refuse, before any trial starts, a resource request that no node of the cluster can satisfy."""
+    nodes = raycluster.alive_nodes()
+    for config in trials:
+        why = raycluster.unplaceable(bundles(config, raycluster.has_gpus()), nodes)
+        if why:
+            raise UserError(
+                f"trial {config.name} asks for resources this cluster cannot give: {why}; lower gpus= or workers=, "
+                "or add a node that has them"
+            )
 
 
-def run(store: RunStore, trials: list[TrialConfig], *, address: str | None = None) -> None:
+def run(store: RunStore, trials: list[TrialConfig], *, address: str | None = None, say: progress.Say = print) -> None:
     """Run the grid as Tune trials; raises UserError naming any trial that stopped on bad input."""
-    _quiet()
     raycluster.connect(address)
+    check_placeable(trials)
     param_space = {
         "trial": tune.grid_search([dataclasses.asdict(t) for t in trials]),
         "run": store.location,
         "task_gpus": bundle_gpus(trials[0], raycluster.has_gpus()),
     }
+    watch = Watch(store, say)
     tuner = tune.Tuner(
         _trainable_with_resources(trials),
         param_space=param_space,
@@ -131,26 +232,48 @@ def run(store: RunStore, trials: list[TrialConfig], *, address: str | None = Non
             storage_path=store.location,
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[watch],
+            stop=watch,
             verbose=0,
         ),
     )
-    _check(tuner.fit())
+    _fit(tuner, store, watch, say)
 
 
-def resume(store: RunStore, trials: list[TrialConfig], *, address: str | None = None) -> None:
+def resume(store: RunStore, trials: list[TrialConfig], *, address: str | None = None, say: progress.Say = print) -> None:
     """Continue a stopped or crashed Tune run from its newest checkpoints."""
-    _quiet()
     raycluster.connect(address)
-    path = f"{store.location}/{TUNE_FOLDER}"
+    check_placeable(trials)
+    path = store.child(TUNE_FOLDER)
     if not tune.Tuner.can_restore(path):
         raise UserError(f"{store.uri} has no Tune state to resume from: start it again with `raysweep run`")
+    watch = Watch(store, say)
+    # Tune keeps the stopper and callbacks of the first run in its state; these are this driver's.
     tuner = tune.Tuner.restore(path, trainable=_trainable_with_resources(trials), resume_errored=True)
-    _check(tuner.fit())
+    run_config = tuner._local_tuner.get_run_config()
+    run_config.callbacks, run_config.stop = [watch], watch
+    _fit(tuner, store, watch, say)
+
+
+def _fit(tuner: tune.Tuner, store: RunStore, watch: Watch, say: progress.Say) -> None:
+    interrupted = _Interrupted()
+    tune_log = logging.getLogger("ray.tune.tune")
+    tune_log.addFilter(interrupted)
+    try:
+        with progress.Monitor(store, say, watch.stages, executor="ray"):
+            results = tuner.fit()
+            if interrupted.seen:
+                raise KeyboardInterrupt
+    finally:
+        tune_log.removeFilter(interrupted)
+    if watch.reason:
+        raise UserError(watch.reason)
+    _check(results)
 
 
 def _check(results: tune.ResultGrid) -> None:
     problems = [
-        (result.metrics or {}).get("error") or (str(result.error).splitlines()[0] if result.error else None)
+        (result.metrics or {}).get("error") or (str(result.error).strip().splitlines()[-1] if result.error else None)
         for result in results
     ]
     problems = [p for p in problems if p]

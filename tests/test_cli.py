@@ -195,7 +195,8 @@ def test_local_ray_dashboard_binds_to_loopback(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(kwargs))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     raycluster.connect()
-    assert seen["dashboard_host"] == "127.0.0.1" and seen["address"] is None
+    # "local": a new Ray of our own, never a cluster named by an address file a dead head left behind
+    assert seen["dashboard_host"] == "127.0.0.1" and seen["address"] == "local"
 
 
 def test_a_loss_turning_nan_stops_the_run_naming_epoch_and_stage_and_earlier_epochs_stay(

@@ -30,24 +30,27 @@ KEYS = {"packets": ["trial", "epoch", "space", "class", "dim"], "epochs": ["tria
 
 @pytest.fixture(scope="module")
 def ray_2_cpus(tmp_path_factory: pytest.TempPathFactory):
+    """A Ray of the tests' own: address="local" (never a cluster an address file or RAY_ADDRESS names),
+    its own temporary folder, and the environment restored afterwards."""
     marker = tmp_path_factory.mktemp("fault") / "killed-once"
+    saved = {k: os.environ.get(k) for k in ("RAYSWEEP_TEST_MARKER", "PYTHONPATH")}
     os.environ["RAYSWEEP_TEST_MARKER"] = str(marker)  # Ray's workers inherit it (see tests/faulty.py)
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             _temp_dir=str(tmp_path_factory.mktemp("ray")))
     yield marker
     ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
-def ray_processes(title: str) -> list[int]:
-    """Pids of this machine's processes whose title (Ray sets it to `ray::<what runs>`) starts with `title`."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(title.encode()):
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
+def trial_pid(store: RunStore, trial: str) -> int | None:
+    """The pid of a running Ray trial, from the stage file it writes (progress/<trial>.json)."""
+    stage = store.read_json(f"progress/{trial}.json")
+    return stage.get("pid") if stage else None
 
 
 def local_run(tmp_path: Path, overrides: dict[str, str]) -> RunStore:
@@ -96,7 +99,8 @@ def test_trial_whose_actor_is_killed_restarts_from_its_checkpoint(ray_2_cpus: Pa
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not store.epochs_written(trials[0].name):
             time.sleep(0.05)
-        for pid in ray_processes("ray::ImplicitFunc"):  # Tune's actor for a function trainable
+        pid = trial_pid(store, trials[0].name)  # this test's own trial actor, nothing else on the machine
+        if pid is not None:
             try:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)

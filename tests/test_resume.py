@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from raysweep.cli import main
+from raysweep.config import trial_configs
 from raysweep.store import RunStore
 
 RUN = ["run", "--preset", "smoke", "--executor", "local", "epochs=4", "threads=1", "limit_train=96", "limit_test=32"]
@@ -61,13 +62,14 @@ def test_a_truncated_and_a_missing_file_are_named_and_only_their_epochs_recomput
     assert f"[{TRIAL}] epoch 2 measured again" in out and f"[{TRIAL}] epoch 3 measured again" in out
     assert "is finished after 2 repair(s)" in out
     after = files(run)
-    redone = {f"{table}/{TRIAL}/epoch-000{e}.parquet" for table in ("epochs", "packets", "embeddings") for e in (2, 3)}
+    # Only the two damaged files are written again: not the epoch's other tables (issue 12).
+    redone = {f"packets/{TRIAL}/epoch-0002.parquet", f"embeddings/{TRIAL}/epoch-0003.parquet"}
     untouched = set(before) - redone
     assert {k: after[k] for k in untouched} == {k: before[k] for k in untouched}
     assert set(after) == set(before) | {str(missing.relative_to(run))}
     for table, frame in frames(finished).items():
         pd.testing.assert_frame_equal(frame, frames(run)[table])
-    assert main(["status", str(run)]) == 0
+    assert main(["status", "--deep", str(run)]) == 0
     assert main(["resume", str(run)]) == 0
     assert "already finished; nothing to do" in capsys.readouterr().out
 
@@ -85,7 +87,9 @@ def test_a_checkpoint_from_another_run_is_named_never_resumed_from_and_rebuilt(
     torch.save({**state, "trial": "resnet9-cifar10-s0"}, wrong_trial)
     before = files(run)
     assert RunStore(str(run)).load_checkpoint(TRIAL) is None  # neither is ever loaded
-    assert main(["status", str(run)]) == 1
+    assert main(["status", str(run)]) == 0  # whole archives: only a deep status loads them
+    capsys.readouterr()
+    assert main(["status", "--deep", str(run)]) == 1
     out = capsys.readouterr().out
     other_id = json.loads((other / "manifest.json").read_text())["run_id"]
     assert f"CHECKPOINT {planted} comes from another run (run_id {other_id}" in out
@@ -128,7 +132,7 @@ def test_a_stop_between_writing_an_epoch_and_its_checkpoint_does_not_measure_it_
 
     store = RunStore(str(tmp_path / "run"))
     store.create({"run_id": "stopped"})
-    trials = sweep.trial_configs(json.loads((finished / "manifest.json").read_text()))
+    trials = trial_configs(json.loads((finished / "manifest.json").read_text()))
 
     def stop_after_epoch_2(line: str) -> None:
         if "epoch 2/4" in line:
@@ -154,7 +158,7 @@ def test_a_stop_between_an_epochs_files_measures_that_epoch_again(
 
     store = RunStore(str(tmp_path / "run"))
     store.create({"run_id": "stopped"})
-    trials = sweep.trial_configs(json.loads((finished / "manifest.json").read_text()))
+    trials = trial_configs(json.loads((finished / "manifest.json").read_text()))
     write = RunStore._write_bytes
     epoch_2_files: list[str] = []
 

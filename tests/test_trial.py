@@ -155,8 +155,8 @@ def test_nan_loss_stops_with_the_epoch_and_stage() -> None:
 def test_a_non_finite_packet_value_stops_with_the_epoch_and_stage(value: float) -> None:
     from raysweep.trial import run_local
 
-    def overflowing(tasks):  # a packet task whose loss overflowed in one pair of the feature space
-        results = run_local(tasks)
+    def overflowing(tasks, on_done):  # a packet task whose loss overflowed in one pair of the feature space
+        results = run_local(tasks, on_done)
         for task, stats in zip(tasks, results, strict=True):
             if task.space == "feature":
                 stats.sp[0, 3] = value
