@@ -46,12 +46,11 @@ def session(address: str | None = None) -> Iterator[None]:
 
 def connect(address: str | None = None, *, dashboard_host: str = "127.0.0.1", num_cpus: int | None = None) -> None:
     """Join the cluster at `address` (or `RAY_ADDRESS`), else start a new local Ray on this machine."""
+    quiet_driver_logs()
     if ray.is_initialized():
         return
-    quiet_driver_logs()
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is not None:
-        _probe(address)
+    answered = address is not None and _probe(address)
     kwargs: dict = {"log_to_driver": True, "configure_logging": False}
     if address is None:
         kwargs.update(
@@ -61,17 +60,20 @@ def connect(address: str | None = None, *, dashboard_host: str = "127.0.0.1", nu
     try:
         ray.init(address=address or "local", **kwargs)
     except Exception as exc:  # ray.init raises ConnectionError, RuntimeError, ValueError and its own types
-        raise UserError(_connect_message(address, exc)) from None
+        raise UserError(_connect_message(address, exc, answered=answered)) from None
 
 
-def _connect_message(address: str | None, exc: BaseException) -> str:
+def _connect_message(address: str | None, exc: BaseException, *, answered: bool = False) -> str:
+    """A refused handshake on a port that answers is, in practice, token authentication (Ray's
+    core logs `InvalidAuthToken` but raises a plain "Failed to connect")."""
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
-    if any(word.lower() in f"{type(exc).__name__} {text}".lower() for word in _AUTH_WORDS):
+    if answered or any(word.lower() in f"{type(exc).__name__} {text}".lower() for word in _AUTH_WORDS):
         return (
-            f"the Ray cluster at {address!r} refused this client's authentication ({type(exc).__name__}): it uses "
-            "token authentication, so set RAY_AUTH_MODE=token and give the cluster's token in RAY_AUTH_TOKEN "
-            "(or the file ~/.ray/auth_token, or RAY_AUTH_TOKEN_PATH), as the head was given it"
+            f"the Ray cluster at {address!r} answered but refused this client's authentication ({first[:120]}): "
+            "a head started with RAY_AUTH_MODE=token needs RAY_AUTH_MODE=token here too and its token in "
+            "RAY_AUTH_TOKEN (or the file ~/.ray/auth_token, or RAY_AUTH_TOKEN_PATH); if the token is right, "
+            "check that this client runs the cluster's Ray version"
         )
     return (
         f"cannot reach a Ray cluster at {address!r} ({first[:200]}): check --address / RAY_ADDRESS, "
@@ -79,11 +81,11 @@ def _connect_message(address: str | None, exc: BaseException) -> str:
     )
 
 
-def _probe(address: str, timeout: float = 5.0) -> None:
-    """Fail in seconds on a host:port nobody answers (ray.init would retry for minutes)."""
+def _probe(address: str, timeout: float = 5.0) -> bool:
+    """Fail in seconds on a host:port nobody answers (ray.init would retry for minutes); True if one answered."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
-        return  # "auto", "local" and the like are Ray's to resolve
+        return False  # "auto", "local" and the like are Ray's to resolve
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
@@ -91,6 +93,7 @@ def _probe(address: str, timeout: float = 5.0) -> None:
             f"cannot reach a Ray cluster at {address!r} ({exc.strerror or exc}): check --address / RAY_ADDRESS, "
             "or leave both unset to start a local Ray"
         ) from None
+    return True
 
 
 def quiet_driver_logs() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from dataclasses import replace
 from typing import Sequence
@@ -29,7 +30,8 @@ from raysweep import raycluster
 from raysweep.packets import PacketStats
 from raysweep.trial import DimsDone, PacketTask
 
-LOST_BUNDLE_GRACE_S = 30.0  # how long a bundle may wait for a node that can take it
+# How long a lost bundle may wait for a node that can take it (a replacement node may be starting).
+LOST_BUNDLE_GRACE_S = float(os.environ.get("RAYSWEEP_NODE_GRACE_S", "30"))
 WAIT_S = 2.0  # how often the runner looks up from its tasks
 
 
@@ -51,12 +53,12 @@ def _run_chunk(model: torch.nn.Module, task: PacketTask, threads: int | None) ->
 class RayRunner:
     """A `PacketRunner` that fans chunks out as Ray tasks asking for `cpus` and `gpus` each."""
 
-    def __init__(self, *, cpus: float = 1, gpus: float = 0, threads: int | None = None) -> None:
-        self.cpus, self.gpus, self.threads = cpus, gpus, threads
+    def __init__(self, *, cpus: float = 1, gpus: float = 0, threads: int | None = None, trial: str = "") -> None:
+        self.cpus, self.gpus, self.threads, self.trial = cpus, gpus, threads, trial
 
     def __call__(self, tasks: Sequence[PacketTask], on_done: DimsDone = lambda dims: None) -> list[PacketStats]:
         group = get_current_placement_group()
-        options: dict = {"num_cpus": self.cpus, "num_gpus": self.gpus}
+        options: dict = {"num_cpus": self.cpus, "num_gpus": self.gpus, "name": f"packets:{self.trial}"}
         if group is not None:
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 group, placement_group_capture_child_tasks=True

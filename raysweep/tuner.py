@@ -38,7 +38,8 @@ from raysweep.trial import EpochResult, Trial
 
 STATE_FILE = "state.pt"
 MAX_FAILURES = 3  # restarts of a trial from its newest checkpoint
-UNPLACEABLE_GRACE_S = 20.0  # a trial may wait this long for resources no alive node has (nodes may be joining)
+# A trial may wait this long for resources no alive node has (nodes may be joining).
+UNPLACEABLE_GRACE_S = float(os.environ.get("RAYSWEEP_NODE_GRACE_S", "30"))
 
 
 def bundle_gpus(config: TrialConfig, cluster_has_gpus: bool) -> float:
@@ -73,7 +74,7 @@ def trainable(params: dict) -> None:
         trial = Trial.restored(config, _checkpoint_state(store, config.name, last), last)
         # While its tasks run the trial only waits, so its CPU goes to them too.
         task_threads = config.threads or max(1, (1 + config.workers) // config.workers)
-        runner = RayRunner(cpus=1, gpus=params["task_gpus"], threads=task_threads)
+        runner = RayRunner(cpus=1, gpus=params["task_gpus"], threads=task_threads, trial=config.name)
         while not trial.done:
             result = trial.run_epoch(runner, stages.hook(trial.epoch + 1, config.epochs))
             store.write_epoch(config, result)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,3 +17,12 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
+
+
+@pytest.fixture
+def short_tmp() -> Path:
+    """A folder with a short path: Ray puts Unix sockets under its temporary folder, and a socket
+    path may hold at most 107 bytes (pytest's tmp_path can be too deep for that)."""
+    path = Path(tempfile.mkdtemp(prefix="rs-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
