@@ -62,6 +62,7 @@ def _missing(label: str, manifest: dict, epochs: pd.DataFrame) -> list[str]:
 def _labels(runs: Sequence[str]) -> list[str]:
     labels: list[str] = []
     for uri in runs:
-        base = os.path.basename(uri.rstrip("/")) or uri
+        path = uri.partition("?")[0].rstrip("/")  # a URI's query (endpoint, region) is not part of its name
+        base = os.path.basename(path) or uri
         labels.append(base if base not in labels else f"{base}-{len(labels)}")
     return labels
