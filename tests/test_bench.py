@@ -20,6 +20,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         ("estimator.py", "evals/pair"),
         ("epoch.py", "feature head"),
         ("head.py", "test acc"),
+        ("ray_overhead.py", "ratio ray/local"),
     ],
 )
 def test_bench_script_smoke_test_prints_its_table(script: str, header: str) -> None:

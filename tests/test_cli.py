@@ -102,6 +102,8 @@ BAD_INPUT = [
     (["run", "--out", "{tmp}/notes"], "is a non-empty directory that is not a run: choose an empty or new path"),
     (["run", "--out", "{tmp}/a", "storage={tmp}/b"], "disagree: give one of them"),
     (["run", "--executor", "ray", "--address", "127.0.0.1:1", "--out", "{tmp}/r"], "cannot reach a Ray cluster at '127.0.0.1:1'"),
+    (["run", "--executor", "local", "--address", "auto", "--out", "{tmp}/r"],
+     "--address auto joins a Ray cluster, but --executor local runs without Ray: drop one"),
     (["status", "{tmp}"], "is not a raysweep run (no manifest.json): give the --out path of a run"),
     (["resume", "{tmp}/nowhere"], "is not a raysweep run (no manifest.json)"),
     (["status", "{tmp}/lost"], "has results but no manifest.json: `raysweep resume"),
