@@ -1,6 +1,6 @@
 """Ray's share: a whole demo run through local Ray against `--executor local` (SPEC 5: <= 1.25x).
 
-    python bench/ray_overhead.py [--epochs 20] [--smoke-test] [key=value ...]
+    python bench/ray_overhead.py [--epochs 20] [--threads N] [--smoke-test] [key=value ...]
 
 Both runs use the same config and seed, one after the other in this process. Per
 run it reports the sum of the per-epoch `seconds` the trial records (train,
@@ -13,23 +13,21 @@ ratios.
 
 from __future__ import annotations
 
-import argparse
-import platform
 import tempfile
 import time
 
-import torch
+from common import parser, setup
 
 from raysweep import config, raycluster, sweep, tuner
 from raysweep.store import RunStore
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--smoke-test", action="store_true", help="two tiny epochs, for the tests")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args()
+    p = parser(__doc__)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    args = p.parse_args()
+    setup(args.threads)
     overrides = {"epochs": str(2 if args.smoke_test else args.epochs), **config.parse_overrides(args.overrides)}
     preset = "smoke" if args.smoke_test else "demo"
     trials = config.resolve(preset, overrides).trials()
@@ -49,8 +47,7 @@ def main() -> None:
             later = seconds[seconds.index > 1]
             rows[executor] = (seconds.sum(), later.sum(), later.max(), wall)
     cfg = trials[0]
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, preset {preset}, "
-          f"{cfg.epochs} epochs, dims={cfg.dims}, chunk={cfg.chunk}")
+    print(f"# preset {preset}, {cfg.epochs} epochs, dims={cfg.dims}, chunk={cfg.chunk}")
     print(f"{'executor':<8} {'sum of epoch s':>15} {'after epoch 1':>14} {'slowest after 1':>16} {'run wall s':>11}")
     for executor, (total, later, slowest, wall) in rows.items():
         print(f"{executor:<8} {total:>15.2f} {later:>14.2f} {slowest:>16.3f} {wall:>11.1f}")

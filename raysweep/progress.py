@@ -50,6 +50,7 @@ class Stage:
     total: int = 0
     since: float = 0.0  # time.time() when the stage began
     pid: int | None = None  # the process of the trial (a Ray trial's actor)
+    node: str | None = None  # the Ray node it runs on
 
     def line(self) -> str:
         count = f" {self.done}/{self.total} pairs" if self.total else ""
@@ -85,10 +86,11 @@ class Board:
 
 
 class StageFile:
-    """A Ray trial's stages, written to `progress/<trial>.json` for the driver to read."""
+    """A Ray trial's stages, written to `progress/<trial>.json` for the driver to read; `node` is
+    the Ray node the trial runs on."""
 
-    def __init__(self, files: Files, trial: str) -> None:
-        self.files, self.trial = files, trial
+    def __init__(self, files: Files, trial: str, node: str | None = None) -> None:
+        self.files, self.trial, self.node = files, trial, node
 
     def hook(self, epoch: int, epochs: int) -> StageHook:
         since = {"stage": None, "t": 0.0}
@@ -97,7 +99,7 @@ class StageFile:
             if stage != since["stage"]:
                 since.update(stage=stage, t=time.time())
             value = {"trial": self.trial, "epoch": epoch, "epochs": epochs, "stage": stage,
-                     "done": done, "total": total, "since": since["t"], "pid": os.getpid()}
+                     "done": done, "total": total, "since": since["t"], "pid": os.getpid(), "node": self.node}
             try:
                 self.files.write_json(f"{PROGRESS_FOLDER}/{self.trial}.json", value)
             except OSError:

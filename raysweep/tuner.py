@@ -25,6 +25,7 @@ import os
 import tempfile
 import time
 
+import ray
 import torch
 from ray import tune
 
@@ -68,7 +69,7 @@ def trainable(params: dict) -> None:
     # default training uses every CPU of the trial's placement group, not Ray's one-per-bundle.
     torch.set_num_threads(config.threads or int(1 + config.workers))
     store = RunStore(params["run"])
-    stages = progress.StageFile(store, config.name)
+    stages = progress.StageFile(store, config.name, ray.get_runtime_context().get_node_id())
     try:
         last = last_written(store, config)
         trial = Trial.restored(config, _checkpoint_state(store, config.name, last), last)
@@ -172,8 +173,6 @@ class Watch(tune.Callback, tune.Stopper):
 
 
 def _lost_nodes() -> str:
-    import ray
-
     dead = [f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n in ray.nodes() if not n.get("Alive")]
     return f"; lost node(s): {', '.join(dead)}" if dead else ""
 

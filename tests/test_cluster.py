@@ -6,47 +6,26 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import ray
 
-from raysweep import sweep, tuner
+from raysweep import tuner
 from raysweep.cli import main
 from raysweep.config import resolve
 from raysweep.errors import UserError
 from raysweep.store import RunStore
-from rayprocs import BIN, ROOT, kill_session
+from rayprocs import BIN, ROOT
+from rows import assert_same_rows, undisturbed
 
 pytestmark = pytest.mark.slow
 TRIAL = "mnist_conv3-synthetic-s0"
 # threads=1: float32 results depend on the thread count; the rows are compared bit for bit.
 SMALL = {"epochs": "3", "limit_train": "128", "limit_test": "32", "dims": "6", "chunk": "3", "threads": "1",
          "estimator": "mc", "nodes": "8", "replicates": "2"}
-KEYS = {"packets": ["trial", "epoch", "space", "class", "dim"], "epochs": ["trial", "epoch", "space", "attack"]}
-
-
-def local_rows(tmp_path: Path, overrides: dict[str, str]) -> RunStore:
-    store = RunStore(str(tmp_path / "undisturbed"))
-    store.create({})
-    sweep.run_trials(store, resolve("smoke", overrides).trials(), progress=lambda line: None)
-    return store
-
-
-def assert_same_rows(expected: RunStore, got: RunStore) -> None:
-    """Bit for bit (`check_exact`), no key missing or doubled; `seconds` is wall time and differs."""
-    for table, keys in KEYS.items():
-        a, b = expected.read(table), got.read(table)
-        assert not b.duplicated(keys).any(), f"doubled {table} rows"
-        if table == "epochs":
-            a, b = a.drop(columns="seconds"), b.drop(columns="seconds")
-        pd.testing.assert_frame_equal(a, b, check_exact=True)
-
-
 def cli(*args: str, **kwargs) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.Popen([str(BIN / "raysweep"), *args], cwd=ROOT, env=env, start_new_session=True,
@@ -75,7 +54,7 @@ def test_ctrl_c_exits_130_naming_resume_and_resume_finishes_with_the_undisturbed
     stdout, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr[-2000:]
     assert store.epochs_written(TRIAL) == [1, 2, 3, 4]
-    assert_same_rows(local_rows(tmp_path, overrides), store)
+    assert_same_rows(undisturbed(tmp_path, overrides), store)
 
 
 def test_a_stale_address_file_of_a_dead_head_does_not_stop_a_run(short_tmp: Path, tmp_path: Path) -> None:
@@ -129,26 +108,37 @@ def three_nodes(short_tmp: Path, monkeypatch: pytest.MonkeyPatch):
     cluster.shutdown()
 
 
+def wait_until(ready, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not ready():
+        time.sleep(0.05)
+
+
+def bundle_nodes() -> list[str]:
+    """Node ids of the bundles of the one placement group placed now (the running trial's)."""
+    from ray.util.placement_group import placement_group_table
+
+    (group,) = [g for g in placement_group_table().values() if g["state"] == "CREATED"]
+    return [group["bundles_to_node_id"][i] for i in sorted(group["bundles_to_node_id"])]
+
+
 def test_packet_tasks_run_on_another_node_than_their_trial(three_nodes, tmp_path: Path) -> None:
-    from ray.util.state import list_actors, list_tasks
+    from ray.util.state import list_tasks
 
     overrides = {**SMALL, "seed": "0,1", "epochs": "2"}
     store = RunStore(str(tmp_path / "ray"))
     store.create({})
     trials = resolve("smoke", overrides).trials()
     tuner.run(store, trials, say=lambda line: None)
-    actor_node = {a.pid: a.node_id for a in list_actors(filters=[("class_name", "=", "ImplicitFunc")], detail=True)}
     for config in trials:
-        pid = store.read_json(f"progress/{config.name}.json")["pid"]  # the trial's own actor
+        trial_node = store.read_json(f"progress/{config.name}.json")["node"]  # where the trial's actor ran
         tasks = list_tasks(filters=[("name", "=", f"packets:{config.name}")], detail=True)
         assert len(tasks) == 2 * 2 * 2, config.name  # epochs x spaces x chunks of 3 of the 6 dims
-        assert {t.node_id for t in tasks}.isdisjoint({actor_node[pid]}), config.name
-    assert_same_rows(local_rows(tmp_path, overrides), store)
+        assert trial_node and {t.node_id for t in tasks}.isdisjoint({trial_node}), config.name
+    assert_same_rows(undisturbed(tmp_path, overrides), store)
 
 
 def test_a_worker_node_killed_mid_epoch_the_run_finishes_with_the_undisturbed_rows(three_nodes, tmp_path: Path) -> None:
-    from ray.util.placement_group import placement_group_table
-
     cluster, nodes = three_nodes
     overrides = {**SMALL, "epochs": "4"}
     store = RunStore(str(tmp_path / "ray"))
@@ -156,14 +146,9 @@ def test_a_worker_node_killed_mid_epoch_the_run_finishes_with_the_undisturbed_ro
     killed: list[str] = []
 
     def kill_the_task_node_in_epoch_2() -> None:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            stage = store.read_json(f"progress/{TRIAL}.json") or {}
-            if stage.get("epoch") == 2 and stage.get("stage") in ("attack", "feature head", "packets"):
-                break
-            time.sleep(0.05)
-        groups = [g for g in placement_group_table().values() if g["state"] == "CREATED"]
-        task_node = groups[0]["bundles_to_node_id"][1]  # bundle 0 runs the trial, bundle 1 its packet tasks
+        wait_until(lambda: (store.read_json(f"progress/{TRIAL}.json") or {}).get("epoch") == 2
+                   and store.read_json(f"progress/{TRIAL}.json").get("stage") in ("attack", "feature head", "packets"))
+        task_node = bundle_nodes()[1]  # bundle 0 runs the trial, bundle 1 its packet tasks
         victim = next(n for n in nodes if n.node_id == task_node)
         cluster.remove_node(victim, allow_graceful=False)
         killed.append(task_node)
@@ -173,12 +158,10 @@ def test_a_worker_node_killed_mid_epoch_the_run_finishes_with_the_undisturbed_ro
     tuner.run(store, resolve("smoke", overrides).trials(), say=lambda line: None)
     killer.join()
     assert killed, "no node was killed"
-    assert_same_rows(local_rows(tmp_path, overrides), store)
+    assert_same_rows(undisturbed(tmp_path, overrides), store)
 
 
 def test_a_node_lost_for_good_ends_the_run_in_bounded_time_naming_trial_and_node(three_nodes, tmp_path: Path) -> None:
-    from ray.util.placement_group import placement_group_table
-
     cluster, nodes = three_nodes
     overrides = {**SMALL, "epochs": "200"}
     store = RunStore(str(tmp_path / "ray"))
@@ -186,11 +169,8 @@ def test_a_node_lost_for_good_ends_the_run_in_bounded_time_naming_trial_and_node
     lost: list[str] = []
 
     def leave_only_the_trials_node_after_epoch_1() -> None:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and not store.epochs_written(TRIAL):
-            time.sleep(0.05)
-        groups = [g for g in placement_group_table().values() if g["state"] == "CREATED"]
-        trial_node, task_node = groups[0]["bundles_to_node_id"][0], groups[0]["bundles_to_node_id"][1]
+        wait_until(lambda: store.epochs_written(TRIAL))
+        trial_node, task_node = bundle_nodes()
         lost.append(task_node)
         for node in sorted(nodes, key=lambda n: n.node_id != task_node):  # the tasks' node first, then the spare
             if node.node_id != trial_node:

@@ -10,22 +10,21 @@ import threading
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import ray
 import torch
 
-from raysweep import sweep, tuner
+from raysweep import tuner
 from raysweep.cli import main
 from raysweep.config import resolve
 from raysweep.store import RunStore
+from rows import assert_same_rows, undisturbed
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 # threads=1 everywhere: float32 results depend on the CPU thread count, and Ray's workers get one.
 GRID = {"seed": "0,1", "epochs": "2", "limit_train": "128", "limit_test": "32", "dims": "6", "chunk": "2",
         "threads": "1", "estimator": "mc", "nodes": "8", "replicates": "2"}
-KEYS = {"packets": ["trial", "epoch", "space", "class", "dim"], "epochs": ["trial", "epoch", "space", "attack"]}
 
 
 @pytest.fixture(scope="module")
@@ -53,29 +52,13 @@ def trial_pid(store: RunStore, trial: str) -> int | None:
     return stage.get("pid") if stage else None
 
 
-def local_run(tmp_path: Path, overrides: dict[str, str]) -> RunStore:
-    store = RunStore(str(tmp_path / "local"))
-    store.create({})
-    sweep.run_trials(store, resolve("smoke", overrides).trials(), progress=lambda line: None)
-    return store
-
-
-def assert_same_rows(expected: RunStore, got: RunStore) -> None:
-    for table, keys in KEYS.items():
-        a, b = expected.read(table), got.read(table)
-        assert not b.duplicated(keys).any(), f"doubled {table} rows"
-        if table == "epochs":
-            a, b = a.drop(columns="seconds"), b.drop(columns="seconds")
-        pd.testing.assert_frame_equal(a, b, check_exact=True)
-
-
 def test_two_trial_grid_on_ray_equals_the_local_executor(ray_2_cpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "ray"
     argv = ["run", "--preset", "smoke", "--out", str(out), *(f"{k}={v}" for k, v in GRID.items())]
     assert main(argv) == 0
     ray_store = RunStore(str(out))
     assert set(ray_store.read("epochs")["trial"]) == {"mnist_conv3-synthetic-s0", "mnist_conv3-synthetic-s1"}
-    assert_same_rows(local_run(tmp_path, GRID), ray_store)
+    assert_same_rows(undisturbed(tmp_path, GRID), ray_store)
     assert main(["status", str(out)]) == 0
 
 
@@ -85,7 +68,7 @@ def test_packet_task_whose_worker_dies_is_retried_and_rows_are_whole(ray_2_cpus:
     store.create({})
     tuner.run(store, resolve("smoke", overrides).trials())
     assert ray_2_cpus.exists(), "the fault was never injected"
-    assert_same_rows(local_run(tmp_path, overrides), store)
+    assert_same_rows(undisturbed(tmp_path, overrides), store)
 
 
 def test_trial_whose_actor_is_killed_restarts_from_its_checkpoint(ray_2_cpus: Path, tmp_path: Path) -> None:
@@ -112,7 +95,7 @@ def test_trial_whose_actor_is_killed_restarts_from_its_checkpoint(ray_2_cpus: Pa
     tuner.run(store, trials)
     killer.join()
     assert killed, "no trial actor was killed"
-    assert_same_rows(local_run(tmp_path, overrides), store)
+    assert_same_rows(undisturbed(tmp_path, overrides), store)
 
 
 def test_resume_after_the_driver_is_killed_finishes_the_run(ray_2_cpus: Path, tmp_path: Path) -> None:
@@ -142,7 +125,7 @@ def test_resume_after_the_driver_is_killed_finishes_the_run(ray_2_cpus: Path, tm
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "comes from another run (run_id elsewhere" in resumed.stdout + resumed.stderr
     assert store.epochs_written("mnist_conv3-synthetic-s0") == [1, 2, 3, 4, 5, 6]
-    assert_same_rows(local_run(tmp_path, overrides), store)
+    assert_same_rows(undisturbed(tmp_path, overrides), store)
     again = subprocess.run([*cli, "resume", str(out)], capture_output=True, text=True, timeout=120)
     assert "already finished" in again.stdout
 

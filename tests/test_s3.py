@@ -13,15 +13,13 @@ import subprocess
 import time
 from pathlib import Path
 
-import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 
-from raysweep import sweep
 from raysweep.cli import main
-from raysweep.config import resolve
 from raysweep.store import RunStore
 from rayprocs import BIN, ROOT
+from rows import assert_same_rows, undisturbed
 
 pytestmark = pytest.mark.slow
 TRIAL = "mnist_conv3-synthetic-s0"
@@ -52,24 +50,11 @@ def s3():
             os.environ[key] = value
 
 
-def rows(store: RunStore) -> dict[str, pd.DataFrame]:
-    return {table: store.read(table).drop(columns=["seconds"], errors="ignore") for table in ("epochs", "packets")}
-
-
-def undisturbed(tmp_path: Path) -> dict[str, pd.DataFrame]:
-    store = RunStore(str(tmp_path / "local"))
-    store.create({})
-    sweep.run_trials(store, resolve("smoke", SMALL).trials(), progress=lambda line: None)
-    return rows(store)
-
-
 def test_run_status_figures_on_an_s3_run_directory(s3, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     uri = s3("local-run")
     assert main(["run", "--preset", "smoke", "--executor", "local", "--out", uri, *(f"{k}={v}" for k, v in SMALL.items())]) == 0
     store = RunStore(uri)
-    want = undisturbed(tmp_path)
-    for table, frame in rows(store).items():
-        pd.testing.assert_frame_equal(frame, want[table], check_exact=True)
+    assert_same_rows(undisturbed(tmp_path, SMALL), store)
     capsys.readouterr()
     assert main(["status", uri]) == 0
     assert "done               epochs 4/4" in capsys.readouterr().out
@@ -100,8 +85,4 @@ def test_a_driver_killed_on_s3_resumes_from_the_uri_with_nothing_lost_or_doubled
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert store.epochs_written(TRIAL) == [1, 2, 3, 4]
-    got, want = rows(store), undisturbed(tmp_path)
-    for table in got:
-        keys = ["trial", "epoch", "space", "class", "dim"] if table == "packets" else ["trial", "epoch", "space", "attack"]
-        assert not got[table].duplicated(keys).any()
-        pd.testing.assert_frame_equal(got[table], want[table], check_exact=True)
+    assert_same_rows(undisturbed(tmp_path, SMALL), store)
