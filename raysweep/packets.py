@@ -47,8 +47,8 @@ class PacketStats:
     mean_x: torch.Tensor
     mean_p: torch.Tensor
     beta: torch.Tensor
-    B: torch.Tensor
-    bound: torch.Tensor
+    boundary_term: torch.Tensor  # B = (b - <x>) psi(b)² - (a - <x>) psi(a)² (SPEC 1.2; not `B`: DuckDB folds it to `b`)
+    bound: torch.Tensor  # |1 - B| / 2, the exact finite-interval bound on sx·sp
     se_sx: torch.Tensor | None = None
     se_sp: torch.Tensor | None = None
     evaluations: torch.Tensor | None = None  # (len(dims),) network evaluations per dimension (piecewise)
@@ -175,7 +175,7 @@ def moments(
     sp = (w * (dpsi - mean_p[:, None, :] * psi) ** 2).sum(1).sqrt()
     a, b = a[:, None], b[:, None]
     B = ((b - mean_x) * g_b**2 - (a - mean_x) * g_a**2) / beta
-    return PacketStats(sx=sx, sp=sp, mean_x=mean_x, mean_p=mean_p, beta=beta, B=B, bound=(1 - B).abs() / 2)
+    return PacketStats(sx=sx, sp=sp, mean_x=mean_x, mean_p=mean_p, beta=beta, boundary_term=B, bound=(1 - B).abs() / 2)
 
 
 def packet_stats(

@@ -2,21 +2,26 @@
 
 Layout (a local path or any URI pyarrow's filesystems accept):
 
-    <run>/manifest.json                      config, versions, code revision
-    <run>/epochs/<trial>/epoch-0007.parquet  one row per (trial, epoch, space, attack)
-    <run>/packets/<trial>/epoch-0007.parquet one row per (trial, epoch, space, class, dim)
-    <run>/embeddings/<trial>/epoch-0007.parquet  Fig. 1 material
-    <run>/checkpoints/<trial>/epoch-0007.pt  trial state (torch, loaded weights_only)
+    <run>/manifest.json                            config, versions, code revision
+    <run>/epochs/trial=<trial>/epoch-0007.parquet  one row per (trial, epoch, space, attack)
+    <run>/packets/trial=<trial>/epoch-0007.parquet one row per (trial, epoch, space, class, dim)
+    <run>/embeddings/trial=<trial>/epoch-0007.parquet  Fig. 1 material
+    <run>/checkpoints/<trial>/epoch-0007.pt        trial state (torch, loaded weights_only)
+    <run>/.tmp/                                    files being written (never inside a dataset)
 
-One file per (dataset, trial, epoch): a re-run epoch replaces its files, so rows
-are never doubled. Every file is written to a temporary name and moved into
-place, so a reader sees it whole or not at all. `pandas.read_parquet(run/"packets")`
-reads a whole dataset; the trial is a column of every file.
+The datasets are hive-partitioned by trial: pyarrow, DuckDB and Polars read
+`trial` from the folder name (`pandas.read_parquet(run/"packets")`, DuckDB's
+`read_parquet('run/packets/*/*.parquet', hive_partitioning = true)`, Polars'
+`scan_parquet('run/packets/**/*.parquet', hive_partitioning=True)`). One file per
+(dataset, trial, epoch): a re-run epoch replaces its files, so rows are never
+doubled. Every file is written under `.tmp/` and moved into place, so a reader,
+even one scanning a dataset while a run writes, sees each file whole or not at all.
 
-Every Parquet file carries its trial's config and the run's id in its schema
-metadata, and every checkpoint carries the run's id and trial name: a missing
-manifest can be rebuilt from the files, and a checkpoint copied in from another
-run is recognised and never resumed from.
+Every Parquet file carries its trial's config, the run's id and the run's
+provenance (package versions, code revision, hardware) in its schema metadata,
+and every checkpoint carries the run's id and trial name: a file copied out of
+its run still says where it came from, a missing manifest can be rebuilt from the
+files, and a checkpoint copied in from another run is never resumed from.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ if TYPE_CHECKING:  # the store must not need torch or the epoch loop to read a r
 TABLES = ("epochs", "packets", "embeddings")
 REQUIRED = ("epochs", "packets")  # written every epoch; embeddings only when the trial draws Fig. 1 points
 TUNE_FOLDER = "tune"  # Ray Tune's own state and checkpoints, inside the run directory
+TMP_FOLDER = ".tmp"  # files being written, outside every dataset folder
+PARTITION = "trial="  # hive partition folders of the datasets: <table>/trial=<name>/
+PROVENANCE = ("versions", "code_revision", "hardware")  # manifest keys copied into every Parquet file
 KEEP_CHECKPOINTS = 2  # the newest and the one before, in case the newest was cut short
 
 SCHEMAS = {
@@ -58,7 +66,7 @@ SCHEMAS = {
     "packets": pa.schema([
         ("trial", pa.string()), ("epoch", pa.int32()), ("space", pa.string()), ("class", pa.int32()),
         ("dim", pa.int64()), ("a", pa.float64()), ("b", pa.float64()), ("sx", pa.float64()), ("sp", pa.float64()), ("mean_x", pa.float64()),
-        ("mean_p", pa.float64()), ("beta", pa.float64()), ("B", pa.float64()), ("bound", pa.float64()),
+        ("mean_p", pa.float64()), ("beta", pa.float64()), ("boundary_term", pa.float64()), ("bound", pa.float64()),
         ("estimator", pa.string()), ("nodes", pa.int32()), ("se_sx", pa.float64()), ("se_sp", pa.float64()),
     ]),
     "embeddings": pa.schema([
@@ -67,6 +75,8 @@ SCHEMAS = {
         ("coords", pa.list_(pa.float32())),
     ]),
 }
+
+SCHEMAS_IN_FILES = {table: schema.remove(schema.get_field_index("trial")) for table, schema in SCHEMAS.items()}
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _EPOCH = re.compile(r"epoch-(\d+)\.parquet$")
@@ -79,6 +89,12 @@ class CheckpointError(ValueError):
 
 def _checkpoint_epoch(path: str) -> int:
     return int(_EPOCH_PT.search(path).group(1))
+
+
+def _trial_of(path: str) -> str | None:
+    """The trial of a dataset file `<table>/trial=<name>/epoch-N.parquet`, else None."""
+    folder = path.split("/")[-2]
+    return folder[len(PARTITION):] if folder.startswith(PARTITION) else None
 
 
 def check_name(name: str) -> str:
@@ -188,7 +204,8 @@ class RunStore:
         selector = pafs.FileSelector(f"{self.root}/epochs", recursive=True, allow_not_found=True)
         found: dict[str, dict] = {}
         for info in sorted(self.fs.get_file_info(selector), key=lambda i: i.path):
-            if info.type != pafs.FileType.File or info.base_name.startswith(".") or info.path.split("/")[-2] in found:
+            trial = _trial_of(info.path)
+            if info.type != pafs.FileType.File or info.base_name.startswith(".") or trial is None or trial in found:
                 continue
             try:
                 with self.fs.open_input_file(info.path) as f:
@@ -196,7 +213,7 @@ class RunStore:
             except (pa.ArrowInvalid, OSError):
                 continue
             if b"raysweep.trial" in meta:
-                found[info.path.split("/")[-2]] = {
+                found[trial] = {
                     "config": json.loads(meta[b"raysweep.trial"]),
                     "run_id": meta.get(b"raysweep.run", b"").decode() or None,
                 }
@@ -235,19 +252,22 @@ class RunStore:
         """
         wanted = set(tables)
         name = check_name(config.name)
-        meta = {b"raysweep.trial": json.dumps(asdict(config)).encode(), b"raysweep.run": (self.run_id or "").encode()}
-        epochs = pd.DataFrame(result.metrics).assign(
-            trial=name, arch=config.arch, dataset=config.dataset, seed=config.seed
-        )
+        manifest = self.manifest() if self.exists() else {}
+        meta = {
+            b"raysweep.trial": json.dumps(asdict(config)).encode(),
+            b"raysweep.run": (self.run_id or "").encode(),
+            b"raysweep.provenance": json.dumps({k: manifest.get(k) for k in PROVENANCE}, default=str).encode(),
+        }
         frames = {
-            "packets": pd.DataFrame(result.packets).assign(trial=name),
-            "embeddings": pd.DataFrame(result.embeddings).assign(trial=name) if result.embeddings else None,
-            "epochs": epochs,
+            "packets": pd.DataFrame(result.packets),
+            "embeddings": pd.DataFrame(result.embeddings) if result.embeddings else None,
+            "epochs": pd.DataFrame(result.metrics).assign(arch=config.arch, dataset=config.dataset, seed=config.seed),
         }
         for table, frame in frames.items():
             if frame is None or table not in wanted:
                 continue
-            schema = SCHEMAS[table].with_metadata(meta)
+            # trial is the partition folder, not a column of the file; NaN (a constant feature's packet) is null
+            schema = SCHEMAS_IN_FILES[table].with_metadata(meta)
             arrow = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
             sink = pa.BufferOutputStream()
             pq.write_table(arrow, sink)
@@ -262,8 +282,9 @@ class RunStore:
         schema = SCHEMAS[table]
         if self.fs.get_file_info(base).type != pafs.FileType.Directory:
             return schema.empty_table().to_pandas()
+        self.check_layout(table)
         try:
-            dataset = ds.dataset(base, filesystem=self.fs, format="parquet")
+            dataset = ds.dataset(base, filesystem=self.fs, format="parquet", partitioning="hive")
             table_data = dataset.to_table(columns=[c for c in schema.names if c in dataset.schema.names])
         except (pa.ArrowInvalid, OSError) as exc:
             bad = self.damaged(table) or [base]
@@ -277,9 +298,20 @@ class RunStore:
                 f"{self.uri}/{table} lacks the columns {', '.join(missing)}: it was not written by this raysweep; "
                 "re-run it or point at another run"
             )
-        frame = table_data.select(schema.names).cast(schema).to_pandas()
+        frame = table_data.select(schema.names).cast(schema).to_pandas()  # the partition's dictionary -> string
         keys = [c for c in ("trial", "epoch", "space", "attack", "class", "dim", "kind", "point") if c in frame]
         return frame.sort_values(keys).reset_index(drop=True)
+
+    def check_layout(self, table: str) -> None:
+        """Refuse, in one line, a dataset in the layout of raysweep before the trial=<name> partitions."""
+        selector = pafs.FileSelector(f"{self.root}/{table}", allow_not_found=True)
+        old = [i.base_name for i in self.fs.get_file_info(selector)
+               if i.type == pafs.FileType.Directory and not i.base_name.startswith((PARTITION, "."))]
+        if old:
+            raise UserError(
+                f"{self.uri}/{table}/{old[0]} is in the layout of an earlier raysweep (folders per trial without "
+                "'trial=', column B): read it with that version, or run it again with this one"
+            )
 
     def damaged(self, table: str, *, deep: bool = True) -> list[str]:
         """Files of a dataset that do not read as Parquet (truncated, overwritten, not ours).
@@ -304,7 +336,7 @@ class RunStore:
 
     def epochs_written(self, trial: str, table: str = "epochs") -> list[int]:
         """Epochs whose file of `table` exists for this trial (intact or not)."""
-        selector = pafs.FileSelector(f"{self.root}/{table}/{check_name(trial)}", allow_not_found=True)
+        selector = pafs.FileSelector(f"{self.root}/{table}/{PARTITION}{check_name(trial)}", allow_not_found=True)
         return sorted(int(m.group(1)) for f in self.fs.get_file_info(selector) if (m := _EPOCH.search(f.path)))
 
     def damaged_epochs(self, config: TrialConfig, *, deep: bool = True) -> dict[int, dict[str, str]]:
@@ -321,7 +353,7 @@ class RunStore:
         problems: dict[int, dict[str, str]] = {}
         for table in TABLES:
             for path in self.damaged(table, deep=deep):
-                if path.split("/")[-2] == name and (m := _EPOCH.search(path)):
+                if _trial_of(path) == name and (m := _EPOCH.search(path)):
                     problems.setdefault(int(m.group(1)), {})[table] = f"{path} is truncated or corrupt"
         for epoch in range(1, last + 1):
             for table in required:
@@ -425,16 +457,19 @@ class RunStore:
 
     # -- plumbing -----------------------------------------------------------------
     def _epoch_path(self, table: str, trial: str, epoch: int, ext: str) -> str:
-        return f"{self.root}/{table}/{trial}/epoch-{epoch:04d}.{ext}"
+        folder = trial if table == "checkpoints" else f"{PARTITION}{trial}"
+        return f"{self.root}/{table}/{folder}/epoch-{epoch:04d}.{ext}"
 
     def _write_bytes(self, path: str, payload: bytes) -> None:
-        """Whole or not at all: write a temporary sibling, then move it over the target.
+        """Whole or not at all: write a temporary file in `<run>/.tmp/`, then move it over the target.
 
-        The temporary name starts with '.', which pyarrow's dataset discovery skips.
+        The temporary file lives outside every dataset folder, so a reader scanning a
+        dataset while a run writes (pyarrow, DuckDB, Polars) never meets half a file.
         """
-        folder, base = path.rsplit("/", 1)
+        folder = path.rsplit("/", 1)[0]
         self.fs.create_dir(folder, recursive=True)
-        tmp = f"{folder}/.{base}.tmp-{uuid.uuid4().hex}"
+        self.fs.create_dir(f"{self.root}/{TMP_FOLDER}", recursive=True)
+        tmp = f"{self.root}/{TMP_FOLDER}/{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}"
         with self.fs.open_output_stream(tmp) as f:
             f.write(payload)
         self.fs.move(tmp, path)

@@ -369,7 +369,7 @@ def _packet_columns(tasks: Sequence[PacketTask], results: Sequence[PacketStats],
             "dim": task.dims.repeat_interleave(C).numpy().astype(np.int64),
             "a": task.a.repeat_interleave(C).numpy(),
             "b": task.b.repeat_interleave(C).numpy(),
-            **{k: getattr(stats, k).reshape(-1).cpu().numpy() for k in ("sx", "sp", "mean_x", "mean_p", "beta", "B", "bound")},
+            **{k: getattr(stats, k).reshape(-1).cpu().numpy() for k in ("sx", "sp", "mean_x", "mean_p", "beta", "boundary_term", "bound")},
             "estimator": np.array([task.estimator] * (D * C)),
             # piecewise: the network evaluations each dimension took; otherwise the rule's nodes
             "nodes": (stats.evaluations.repeat_interleave(C).numpy().astype(np.int32) if stats.evaluations is not None

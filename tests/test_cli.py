@@ -127,7 +127,7 @@ def bad_input_scene(tmp_path: Path) -> Path:
     RunStore(str(tmp_path / "run")).create({"trials": {}})
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "mine.txt").write_text("mine")
-    lost = tmp_path / "lost" / "epochs" / "t"
+    lost = tmp_path / "lost" / "epochs" / "trial=t"
     lost.mkdir(parents=True)
     table = pa.table({"trial": ["t"]}).replace_schema_metadata({b"raysweep.trial": b"{}"})
     pq.write_table(table, lost / "epoch-0001.parquet")

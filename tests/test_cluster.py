@@ -38,7 +38,7 @@ def test_ctrl_c_exits_130_naming_resume_and_resume_finishes_with_the_undisturbed
     overrides = {**SMALL, "epochs": "4"}
     run = cli("run", "--preset", "smoke", "--executor", executor, "--out", str(out), *(f"{k}={v}" for k, v in overrides.items()))
     deadline = time.monotonic() + 180
-    while not (out / "epochs" / TRIAL / "epoch-0001.parquet").exists():
+    while not (out / "epochs" / f"trial={TRIAL}" / "epoch-0001.parquet").exists():
         assert run.poll() is None and time.monotonic() < deadline, run.communicate()
         time.sleep(0.05)
     os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group

@@ -89,8 +89,8 @@ def test_partial_runs_are_drawn_with_a_note(run_dir: Path, tmp_path: Path) -> No
     trials = resolve("smoke", {**OVERRIDES, "seed": "0", "epochs": "9"}).trials()
     store.create({"trials": {t.name: {**t.__dict__} for t in trials}})
     for table in ("epochs", "packets", "embeddings"):
-        source = run_dir / table / "mnist_conv3-synthetic-s0"
-        target = tmp_path / "partial" / table / "mnist_conv3-synthetic-s0"
+        source = run_dir / table / "trial=mnist_conv3-synthetic-s0"
+        target = tmp_path / "partial" / table / "trial=mnist_conv3-synthetic-s0"
         target.mkdir(parents=True)
         for f in sorted(source.glob("epoch-000[12].parquet")):
             (target / f.name).write_bytes(f.read_bytes())
@@ -111,8 +111,8 @@ def test_missing_columns_are_a_clear_error(run_dir: Path, tmp_path: Path) -> Non
     broken = tmp_path / "broken"
     RunStore(str(broken)).create({"trials": {}})
     frame = pd.read_parquet(run_dir / "epochs").drop(columns=["robust_acc"])
-    (broken / "epochs" / "x").mkdir(parents=True)
-    frame.to_parquet(broken / "epochs" / "x" / "epoch-0001.parquet")
+    (broken / "epochs" / "trial=x").mkdir(parents=True)
+    frame.drop(columns="trial").to_parquet(broken / "epochs" / "trial=x" / "epoch-0001.parquet")
     with pytest.raises(UserError, match="epochs lacks the columns robust_acc"):
         load([str(broken)])
 

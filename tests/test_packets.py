@@ -54,7 +54,7 @@ def reference(net: nn.Module, x_base: torch.Tensor, dim: int, label: int, a: flo
     mean_p = quad(lambda t: g(t) * dg(t)) / beta
     sp = math.sqrt(quad(lambda t: (dg(t) - mean_p * g(t)) ** 2) / beta)
     B = ((b - mean_x) * g(b) ** 2 - (a - mean_x) * g(a) ** 2) / beta
-    return {"sx": sx, "sp": sp, "mean_x": mean_x, "mean_p": mean_p, "B": B}
+    return {"sx": sx, "sp": sp, "mean_x": mean_x, "mean_p": mean_p, "boundary_term": B}
 
 
 def test_flat_packet_has_uniform_spread() -> None:
@@ -65,14 +65,14 @@ def test_flat_packet_has_uniform_spread() -> None:
     torch.testing.assert_close(stats.sx, torch.full((1, 4), 0.7 / math.sqrt(12), dtype=torch.float64))
     torch.testing.assert_close(stats.mean_x, torch.full((1, 4), 0.55, dtype=torch.float64))
     assert stats.sp.abs().max() < 1e-12
-    torch.testing.assert_close(stats.B, torch.ones(1, 4, dtype=torch.float64))
+    torch.testing.assert_close(stats.boundary_term, torch.ones(1, 4, dtype=torch.float64))
     assert stats.bound.max() < 1e-12
 
 
 def test_linear_loss_matches_closed_form() -> None:
     # g(t) = t on [0, 1]: beta = 1/3, <x> = 3/4, sx² = 3/80, <p> = 3/2, sp² = 3/4, B = 3/4.
     stats = analytic_moments(lambda t: t, torch.ones_like, 0.0, 1.0)
-    expected = {"beta": 1 / 3, "mean_x": 0.75, "sx": math.sqrt(3 / 80), "mean_p": 1.5, "sp": math.sqrt(0.75), "B": 0.75}
+    expected = {"beta": 1 / 3, "mean_x": 0.75, "sx": math.sqrt(3 / 80), "mean_p": 1.5, "sp": math.sqrt(0.75), "boundary_term": 0.75}
     for name, value in expected.items():
         assert getattr(stats, name).item() == pytest.approx(value, rel=1e-12), name
     assert stats.bound.item() == pytest.approx(1 / 8)
@@ -81,7 +81,7 @@ def test_linear_loss_matches_closed_form() -> None:
 def test_vanishing_packet_obeys_the_papers_half() -> None:
     # psi = sqrt(2) sin(pi t): B = 0, sx² = 1/12 - 1/(2 pi²), sp = pi, so sx sp = sqrt(pi²/12 - 1/2) > 1/2.
     stats = analytic_moments(lambda t: torch.sin(math.pi * t), lambda t: math.pi * torch.cos(math.pi * t), 0.0, 1.0)
-    assert stats.B.item() == pytest.approx(0.0, abs=1e-12)
+    assert stats.boundary_term.item() == pytest.approx(0.0, abs=1e-12)
     assert stats.sp.item() == pytest.approx(math.pi, rel=1e-12)
     assert stats.product.item() == pytest.approx(math.sqrt(math.pi**2 / 12 - 0.5), rel=1e-12)
     assert stats.product.item() >= 0.5
@@ -182,7 +182,7 @@ def test_batched_equals_one_dimension_at_a_time() -> None:
     together = packet_stats(net, x_base, DIMS, 0.0, 1.0, batch_size=7)
     for row, dim in enumerate(DIMS):
         alone = packet_stats(net, x_base, [dim], 0.0, 1.0, batch_size=1000)
-        for name in ("sx", "sp", "mean_x", "mean_p", "beta", "B", "bound"):
+        for name in ("sx", "sp", "mean_x", "mean_p", "beta", "boundary_term", "bound"):
             torch.testing.assert_close(getattr(together, name)[row], getattr(alone, name)[0], rtol=1e-10, atol=1e-15)
 
 

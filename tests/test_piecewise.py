@@ -10,7 +10,7 @@ from raysweep import models
 from raysweep.packets import packet_stats
 from raysweep.piecewise import pattern_changes, walk
 
-FIELDS = ("sx", "sp", "mean_x", "mean_p", "beta", "B")
+FIELDS = ("sx", "sp", "mean_x", "mean_p", "beta", "boundary_term")
 
 
 def relu_mlp(seed: int) -> nn.Module:

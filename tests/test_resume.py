@@ -48,9 +48,9 @@ def frames(run: Path) -> dict[str, pd.DataFrame]:
 def test_a_truncated_and_a_missing_file_are_named_and_only_their_epochs_recomputed(
     finished: Path, run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    truncated = run / "packets" / TRIAL / "epoch-0002.parquet"  # older than the two checkpoints kept
+    truncated = run / "packets" / f"trial={TRIAL}" / "epoch-0002.parquet"  # older than the two checkpoints kept
     truncated.write_bytes(truncated.read_bytes()[:300])
-    missing = run / "embeddings" / TRIAL / "epoch-0003.parquet"
+    missing = run / "embeddings" / f"trial={TRIAL}" / "epoch-0003.parquet"
     missing.unlink()
     before = files(run)
     assert main(["status", str(run)]) == 1
@@ -63,7 +63,7 @@ def test_a_truncated_and_a_missing_file_are_named_and_only_their_epochs_recomput
     assert "is finished after 2 repair(s)" in out
     after = files(run)
     # Only the two damaged files are written again: not the epoch's other tables (issue 12).
-    redone = {f"packets/{TRIAL}/epoch-0002.parquet", f"embeddings/{TRIAL}/epoch-0003.parquet"}
+    redone = {f"packets/trial={TRIAL}/epoch-0002.parquet", f"embeddings/trial={TRIAL}/epoch-0003.parquet"}
     untouched = set(before) - redone
     assert {k: after[k] for k in untouched} == {k: before[k] for k in untouched}
     assert set(after) == set(before) | {str(missing.relative_to(run))}
@@ -184,9 +184,9 @@ def test_an_unfinished_run_whose_last_epoch_is_damaged_recomputes_it_then_contin
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     for table in ("epochs", "packets", "embeddings"):
-        (run / table / TRIAL / "epoch-0004.parquet").unlink()
+        (run / table / f"trial={TRIAL}" / "epoch-0004.parquet").unlink()
     (run / "checkpoints" / TRIAL / "epoch-0004.pt").unlink()
-    victim = run / "epochs" / TRIAL / "epoch-0003.parquet"
+    victim = run / "epochs" / f"trial={TRIAL}" / "epoch-0003.parquet"
     victim.write_bytes(b"not parquet")
     assert main(["resume", str(run)]) == 0
     out = capsys.readouterr().out

@@ -30,7 +30,7 @@ def test_epochs_written_are_readable_with_the_contract_columns(store: RunStore) 
         store.write_epoch(CONFIG, trial.run_epoch())
     for table in ("epochs", "packets", "embeddings"):
         frame = pd.read_parquet(Path(store.root) / table)
-        assert list(frame.columns) == SCHEMAS[table].names
+        assert sorted(frame.columns) == sorted(SCHEMAS[table].names)  # trial comes last, from the partition
         assert set(frame["trial"]) == {CONFIG.name}
         assert sorted(frame["epoch"].unique()) == [1, 2]
     assert store.epochs_written(CONFIG.name) == [1, 2]
@@ -48,17 +48,82 @@ def test_rewriting_an_epoch_replaces_its_rows(store: RunStore) -> None:
 
 def test_leftover_temporary_files_are_not_read(store: RunStore) -> None:
     store.write_epoch(CONFIG, Trial(CONFIG).run_epoch())
-    folder = Path(store.root) / "packets" / CONFIG.name
-    (folder / ".epoch-0002.parquet.tmp-dead").write_bytes(b"half a file")
-    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["epoch-0001.parquet"]
+    (Path(store.root) / ".tmp" / "epoch-0002.parquet.dead").write_bytes(b"half a file")  # a writer that died
     assert store.read("packets")["epoch"].unique().tolist() == [1]
+
+
+def test_files_are_written_outside_the_dataset_folders_and_moved_in(store: RunStore, monkeypatch) -> None:
+    """Issue 13: a Polars or DuckDB scan of packets/ failed on a temporary file inside it."""
+    root = Path(store.root)
+    seen: list[tuple[str, list[str]]] = []
+
+    class Watching:  # the store's filesystem, looking at the dataset folders just before each move
+        def __init__(self, fs) -> None:
+            self.fs = fs
+
+        def __getattr__(self, name):
+            return getattr(self.fs, name)
+
+        def move(self, src: str, dst: str) -> None:
+            files = [str(p.relative_to(root)) for table in ("epochs", "packets", "embeddings")
+                     for p in (root / table).rglob("*") if p.is_file()]
+            seen.append((src, files))
+            self.fs.move(src, dst)
+
+    monkeypatch.setattr(store, "fs", Watching(store.fs))
+    store.write_epoch(CONFIG, Trial(CONFIG).run_epoch())
+    assert len(seen) == 3
+    for src, files in seen:
+        assert src.startswith(f"{store.root}/.tmp/")
+        assert all(f.endswith("/epoch-0001.parquet") and "/trial=" in f for f in files), files  # whole files only
+    assert not list((root / ".tmp").iterdir())  # nothing left behind
+
+
+def test_datasets_are_hive_partitioned_by_trial_with_the_renamed_boundary_term(store: RunStore) -> None:
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    store.write_epoch(CONFIG, Trial(CONFIG).run_epoch())
+    root = Path(store.root)
+    path = root / "packets" / f"trial={CONFIG.name}" / "epoch-0001.parquet"
+    in_file = pq.read_schema(path)
+    assert "trial" not in in_file.names and "boundary_term" in in_file.names and "B" not in in_file.names
+    table = ds.dataset(root / "packets", format="parquet", partitioning="hive").to_table()
+    assert set(table.column("trial").to_pylist()) == {CONFIG.name}
+    frame = pd.read_parquet(root / "packets")
+    assert set(frame["trial"].astype(str)) == {CONFIG.name}
+    # a constant feature has no packet: its spreads are nulls in the file, not NaN
+    spreads = pq.read_table(path).column("sx")
+    feature = pq.read_table(path).column("space").to_pylist()
+    assert spreads.null_count == sum(1 for v, s in zip(spreads.to_pylist(), feature) if v is None)
+    assert not any(v is not None and v != v for v in spreads.to_pylist())
+
+
+def test_every_file_carries_the_runs_provenance(tmp_path: Path) -> None:
+    from raysweep.cli import main
+    import pyarrow.parquet as pq
+
+    run = tmp_path / "run"
+    assert main(["run", "--preset", "smoke", "--executor", "local", "--out", str(run), "epochs=1", "limit_train=64",
+                 "limit_test=16"]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    for path in run.glob("*/trial=*/epoch-0001.parquet"):
+        provenance = json.loads(pq.read_schema(path).metadata[b"raysweep.provenance"])
+        assert provenance == json.loads(json.dumps({k: manifest[k] for k in ("versions", "code_revision", "hardware")}))
+
+
+def test_a_run_in_the_earlier_layout_is_refused_in_one_line(store: RunStore) -> None:
+    old = Path(store.root) / "packets" / "mnist_conv3-synthetic-s0"
+    old.mkdir(parents=True)
+    with pytest.raises(UserError, match="packets/mnist_conv3-synthetic-s0 is in the layout of an earlier raysweep"):
+        store.read("packets")
 
 
 def test_files_carry_the_trial_config_in_their_schema_metadata(store: RunStore) -> None:
     store.write_epoch(CONFIG, Trial(CONFIG).run_epoch())
     import pyarrow.parquet as pq
 
-    meta = pq.read_schema(Path(store.root) / "epochs" / CONFIG.name / "epoch-0001.parquet").metadata
+    meta = pq.read_schema(Path(store.root) / "epochs" / f"trial={CONFIG.name}" / "epoch-0001.parquet").metadata
     assert json.loads(meta[b"raysweep.trial"])["dataset"] == "synthetic"
 
 
@@ -105,7 +170,7 @@ def test_truncated_file_is_named_by_status_and_readers(store: RunStore, capsys: 
     trial = Trial(CONFIG)
     store.write_epoch(CONFIG, trial.run_epoch())
     store.write_epoch(CONFIG, trial.run_epoch())
-    victim = Path(store.root) / "packets" / CONFIG.name / "epoch-0002.parquet"
+    victim = Path(store.root) / "packets" / f"trial={CONFIG.name}" / "epoch-0002.parquet"
     victim.write_bytes(victim.read_bytes()[:200])
     assert store.damaged("packets") == [str(victim)] and store.damaged("epochs") == []
     with pytest.raises(UserError, match="epoch-0002.parquet is truncated or corrupt"):
@@ -167,3 +232,26 @@ def test_every_torch_load_in_the_package_is_weights_only() -> None:
     ]
     assert calls, "no torch.load found: the scan is broken"
     assert all("weights_only=True" in call for _, call in calls), calls
+
+
+def test_duckdb_and_polars_read_the_datasets_as_readme_says_even_mid_write(tmp_path: Path) -> None:
+    import duckdb
+    import polars as pl
+
+    from raysweep.cli import main
+
+    run = tmp_path / "run"
+    assert main(["run", "--preset", "smoke", "--executor", "local", "--out", str(run), "epochs=1", "limit_train=64",
+                 "limit_test=16", "seed=0,1"]) == 0
+    (run / ".tmp" / "epoch-0002.parquet.0123").write_bytes(b"PAR1 half a file")  # a write in progress
+    packets = pd.read_parquet(run / "packets")
+    query = f"SELECT trial, count(*) AS n, sum(boundary_term) AS s FROM read_parquet('{run}/packets/*/*.parquet', " \
+            "hive_partitioning = true) GROUP BY trial ORDER BY trial"
+    rows = duckdb.sql(query).fetchall()
+    expected = packets.groupby("trial", observed=True)["boundary_term"].agg(["count", "sum"])
+    assert [r[0] for r in rows] == ["mnist_conv3-synthetic-s0", "mnist_conv3-synthetic-s1"]
+    assert [r[1] for r in rows] == packets.groupby("trial", observed=True).size().tolist()
+    assert [r[2] for r in rows] == pytest.approx(expected["sum"].tolist(), rel=1e-12)
+    scanned = pl.scan_parquet(f"{run}/packets/**/*.parquet", hive_partitioning=True).collect()
+    assert scanned.height == len(packets) and set(scanned["trial"].unique()) == set(packets["trial"].astype(str))
+    assert "boundary_term" in scanned.columns and "B" not in scanned.columns
