@@ -234,6 +234,13 @@ def _figures(args: argparse.Namespace) -> int:
     from raysweep.store import RunStore
 
     loaded = results.load(args.runs)
+    if loaded.epochs.empty:
+        raise UserError(f"{', '.join(args.runs)}: no epoch has finished yet, so there is nothing to draw: "
+                        f"see `raysweep status {args.runs[0]}`")
+    have = sorted(set(loaded.embeddings["epoch"]) if not loaded.embeddings.empty else set(loaded.epochs["epoch"]))
+    if not args.no_tsne and (missing := [e for e in chosen if e not in have]):
+        raise UserError(f"--epochs {args.epochs}: the run has no epoch {missing[0]} (epochs {have[0]}-{have[-1]} "
+                        f"are there): give epochs it has, e.g. --epochs {','.join(map(str, have[:: max(1, len(have) // 3)][:3]))}")
     first = RunStore(args.runs[0])
     with contextlib.ExitStack() as stack:
         if args.out or first.is_local:

@@ -19,6 +19,7 @@ SPACES = ("pixel", "feature")
 ESTIMATORS = ("auto", "piecewise", "gauss", "mc")
 PRECISIONS = ("auto", "float32", "bf16")
 EXECUTORS = ("ray", "local")
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")  # the devices a trial can run on (checked without importing torch)
 PAPER_PGD = "pgd:eps=8/255,alpha=2/255,steps=4"  # paper Fig. 2
 MNIST_PGD = "pgd:eps=0.1,alpha=0.025,steps=4"  # paper Fig. 1
 
@@ -74,6 +75,9 @@ class TrialConfig:
         return tuple(s.strip() for s in self.attacks.split("+") if s.strip())
 
     def __post_init__(self) -> None:
+        if not self.attack_list:
+            raise UserError("attacks= is empty: give at least one attack, e.g. attacks=pgd:eps=8/255,alpha=2/255,steps=4 "
+                            "(several joined by '+')")
         bad = [s for s in self.space_list if s not in SPACES]
         if bad or not self.space_list:
             raise UserError(f"spaces={self.spaces!r}: use a comma list of {', '.join(SPACES)}")
@@ -99,6 +103,12 @@ class TrialConfig:
             raise UserError(f"embed_points={self.embed_points}: must be 0 or more")
         if self.lr is not None and not self.lr > 0:
             raise UserError(f"lr={self.lr}: must be positive")
+        if self.loss_clip is not None and not self.loss_clip > 0:
+            raise UserError(f"loss_clip={self.loss_clip}: the loss is clipped at a positive constant, e.g. loss_clip=5")
+        if self.weight_decay is not None and not self.weight_decay >= 0:
+            raise UserError(f"weight_decay={self.weight_decay}: must be 0 or more")
+        if not DEVICE.fullmatch(self.device):
+            raise UserError(f"device={self.device!r}: use auto, cpu, cuda or cuda:N")
         if self.gpus is not None and not 0 <= self.gpus <= 1:
             raise UserError(f"gpus={self.gpus}: a bundle's GPU share lies in [0, 1]")
 
@@ -120,7 +130,12 @@ class SweepConfig:
             )
         n = max(len(self.arch), len(self.dataset))
         pairs = zip(self.arch * (n // len(self.arch)), self.dataset * (n // len(self.dataset)))
-        return [dataclasses.replace(self.trial, arch=a, dataset=d, seed=s) for a, d in pairs for s in self.seed]
+        trials = [dataclasses.replace(self.trial, arch=a, dataset=d, seed=s) for a, d in pairs for s in self.seed]
+        names = [t.name for t in trials]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise UserError(f"the grid holds trial {twice[0]} twice: give each seed, and each (arch, dataset) pair, once")
+        return trials
 
 
 PRESETS: dict[str, dict[str, str]] = {
@@ -200,9 +215,13 @@ def resolve(preset: str, overrides: dict[str, str]) -> SweepConfig:
 
 
 def _convert(key: str, text: str, kind: object) -> object:
-    """Parse one override by the field's type; `none`/`all` unset an optional field."""
+    """Parse one override by the field's type; `none`/`all` unset an optional field (an empty value
+    is refused: `dims=` must not quietly mean every dimension)."""
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        if text.lower() in ("none", "all", ""):
+        if text == "":
+            unset = "dims=all for every dimension" if key == "dims" else f"{key}=none to unset it"
+            raise UserError(f"{key}= is empty: give a value, or {unset}")
+        if text.lower() in ("none", "all"):
             return None
         (kind,) = [k for k in typing.get_args(kind) if k is not type(None)]
     try:

@@ -91,6 +91,10 @@ def _checkpoint_epoch(path: str) -> int:
     return int(_EPOCH_PT.search(path).group(1))
 
 
+def _short_path(text: str, keep: int = 60) -> str:
+    return text if len(text) <= keep else f"{text[:keep // 2]}...{text[-keep // 2:]}"
+
+
 def _trial_of(path: str) -> str | None:
     """The trial of a dataset file `<table>/trial=<name>/epoch-N.parquet`, else None."""
     folder = path.split("/")[-2]
@@ -167,8 +171,20 @@ class RunStore:
         self._write_manifest(manifest)
 
     def check_new(self) -> None:
-        """Refuse a path that is a file, an existing run, or a folder of something else."""
-        info = self.fs.get_file_info(self.root)
+        """Refuse a path that is a file, an existing run, a folder of something else, or one that cannot be created.
+
+        A new path is created and removed again to prove it can be, so nothing is left behind.
+        """
+        try:
+            info = self.fs.get_file_info(self.root)
+            if info.type == pafs.FileType.NotFound:
+                self.fs.create_dir(self.root, recursive=True)
+                self.fs.delete_dir(self.root)
+                return
+        except OSError as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            reason = reason if len(reason) <= 100 else reason[:97] + "..."
+            raise UserError(f"--out {_short_path(self.uri)} cannot be created ({reason}): choose a path you can write") from None
         if info.type == pafs.FileType.File:
             raise UserError(f"--out {self.uri} is a file: give a directory path for the run")
         if self.exists():

@@ -108,6 +108,16 @@ BAD_INPUT = [
     (["resume", "{tmp}/nowhere"], "is not a raysweep run (no manifest.json)"),
     (["status", "{tmp}/lost"], "has results but no manifest.json: `raysweep resume"),
     (["figures", "{tmp}/run", "--epochs", "a,b"], "--epochs 'a,b': give comma-separated epoch numbers, e.g. 1,21,41"),
+    # issue 13: caught where they are parsed, before data loads or Ray starts
+    (["run", "attacks="], "attacks= is empty: give at least one attack, e.g. attacks=pgd:eps=8/255,alpha=2/255,steps=4"),
+    (["run", "seed=0,0"], "the grid holds trial mnist_conv3-digits-s0 twice: give each seed, and each (arch, dataset) pair, once"),
+    (["run", "loss_clip=-1"], "loss_clip=-1.0: the loss is clipped at a positive constant, e.g. loss_clip=5"),
+    (["run", "weight_decay=-1"], "weight_decay=-1.0: must be 0 or more"),
+    (["run", "device=gpu"], "device='gpu': use auto, cpu, cuda or cuda:N"),
+    (["run", "dims="], "dims= is empty: give a value, or dims=all for every dimension"),
+    (["run", "--executor", "local", "--out", "{tmp}/afile/run"], "cannot be created ("),
+    (["run", "--executor", "local", "--out", "{tmp}/" + "x" * 300], "cannot be created ("),
+    (["figures", "{tmp}/run"], "no epoch has finished yet, so there is nothing to draw"),
 ]
 
 

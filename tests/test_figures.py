@@ -122,6 +122,13 @@ def test_bad_epoch_list_is_a_clear_error(run_dir: Path, capsys: pytest.CaptureFi
     assert "give comma-separated epoch numbers" in capsys.readouterr().err
 
 
+def test_epochs_the_run_does_not_have_are_a_clear_error(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["figures", str(run_dir), "--epochs", "1,99", "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--epochs 1,99: the run has no epoch 99 (epochs 1-5 are there)" in err, err
+    assert not (tmp_path / "f").exists()
+
+
 def test_figures_job_entry_point_smoke_test(run_dir: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
