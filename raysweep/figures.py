@@ -84,7 +84,7 @@ def _spreads(ax: plt.Axes, frame: pd.DataFrame, key: tuple) -> None:
     plt.colorbar(points, ax=ax, label="epoch")
     label = spreads["label"].iloc[0]
     ax.set(xlabel=f"ΔX = (Σᵢ Δxᵢ)^½  (√{unit})", ylabel=f"ΔP = (Σᵢ Δpᵢ)^½  (1/√{unit})",
-           title=f"ΔX against ΔP, {label} ({spreads['trial'].nunique()} seed(s))")
+           title=f"ΔX against ΔP, {label} ({tradeoff.count(spreads['trial'].nunique(), 'seed')})")
     ax.ticklabel_format(useOffset=False)
 
 

@@ -7,7 +7,7 @@ loaded, and `Results.notes` says what is missing.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import pandas as pd
@@ -22,6 +22,12 @@ class Results:
     packets: pd.DataFrame  # contract columns + run + arch, dataset, seed of the trial
     embeddings: pd.DataFrame  # contract columns + run
     notes: tuple[str, ...]  # what is missing: partial trials, empty tables
+    attacks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per run: its attacks in the configured order
+
+    def attack_order(self, run: str, present: Sequence[str]) -> list[str]:
+        """The attacks of `present` in the order the run's config gives them (any unknown ones last, sorted)."""
+        order = list(self.attacks.get(run, ()))
+        return [a for a in order if a in set(present)] + sorted(set(present) - set(order))
 
 
 def load(runs: Sequence[str]) -> Results:
@@ -31,9 +37,12 @@ def load(runs: Sequence[str]) -> Results:
     frames: dict[str, list[pd.DataFrame]] = {table: [] for table in TABLES}
     notes: list[str] = []
     labels = _labels(runs)
+    attacks: dict[str, tuple[str, ...]] = {}
     for uri, label in zip(runs, labels):
         store = RunStore(uri)
         manifest = store.manifest()
+        specs = [a.strip() for t in manifest.get("trials", {}).values() for a in str(t.get("attacks", "")).split("+")]
+        attacks[label] = tuple(dict.fromkeys(a for a in specs if a))
         tables = {table: store.read(table) for table in TABLES}
         for table, frame in tables.items():
             frames[table].append(frame.assign(run=label))
@@ -44,7 +53,7 @@ def load(runs: Sequence[str]) -> Results:
     embeddings = pd.concat(frames["embeddings"], ignore_index=True)
     if epochs.empty:
         notes.append("no epoch has finished in any run yet: nothing to draw")
-    return Results(epochs, packets, embeddings, tuple(notes))
+    return Results(epochs, packets, embeddings, tuple(notes), attacks)
 
 
 def _missing(label: str, manifest: dict, epochs: pd.DataFrame) -> list[str]:

@@ -25,6 +25,11 @@ MEAN_DATASETS = ("cifar10",)  # headline is the class mean here (SPEC 1.4), clas
 PAIRS = [("DX", "DP"), ("DX", "test_acc"), ("DX", "robust_acc"), ("DP", "test_acc"), ("DP", "robust_acc")]
 
 
+def count(n: int, word: str) -> str:
+    """'1 seed', '2 seeds'."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def headline_label(dataset: str) -> str:
     return "mean over classes" if dataset in MEAN_DATASETS else "class 8"
 

@@ -53,9 +53,9 @@ def test_resume_after_an_interrupted_run_loses_and_doubles_nothing(tmp_path: Pat
     keys = ["trial", "epoch", "space", "class", "dim"]
     a, b = straight.read("packets"), broken.read("packets")
     assert not b.duplicated(keys).any()
-    pd.testing.assert_frame_equal(a, b)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)  # same process, same threads: bit for bit
     drop = lambda f: f.drop(columns="seconds")  # noqa: E731
-    pd.testing.assert_frame_equal(drop(straight.read("epochs")), drop(broken.read("epochs")))
+    pd.testing.assert_frame_equal(drop(straight.read("epochs")), drop(broken.read("epochs")), check_exact=True)
 
 
 def test_preset_with_dataset_override_trains_on_a_folder_of_standard_files(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ def test_a_truncated_and_a_missing_file_are_named_and_only_their_epochs_recomput
     assert {k: after[k] for k in untouched} == {k: before[k] for k in untouched}
     assert set(after) == set(before) | {str(missing.relative_to(run))}
     for table, frame in frames(finished).items():
-        pd.testing.assert_frame_equal(frame, frames(run)[table])
+        pd.testing.assert_frame_equal(frame, frames(run)[table], check_exact=True)
     assert main(["status", "--deep", str(run)]) == 0
     assert main(["resume", str(run)]) == 0
     assert "already finished; nothing to do" in capsys.readouterr().out
@@ -147,7 +147,7 @@ def test_a_stop_between_writing_an_epoch_and_its_checkpoint_does_not_measure_it_
     after = files(run)
     assert all(after[k] == v for k, v in before.items() if k.endswith(".parquet"))  # epochs 1, 2 kept as written
     for table, frame in frames(finished).items():
-        pd.testing.assert_frame_equal(frame, frames(run)[table])
+        pd.testing.assert_frame_equal(frame, frames(run)[table], check_exact=True)
 
 
 def test_a_stop_between_an_epochs_files_measures_that_epoch_again(
@@ -175,7 +175,7 @@ def test_a_stop_between_an_epochs_files_measures_that_epoch_again(
     monkeypatch.setattr(RunStore, "_write_bytes", write)
     sweep.run_trials(store, trials, progress=lambda line: None)
     for table, frame in frames(finished).items():
-        pd.testing.assert_frame_equal(frame, frames(Path(store.root))[table])
+        pd.testing.assert_frame_equal(frame, frames(Path(store.root))[table], check_exact=True)
 
 
 def test_an_unfinished_run_whose_last_epoch_is_damaged_recomputes_it_then_continues(
@@ -192,4 +192,4 @@ def test_an_unfinished_run_whose_last_epoch_is_damaged_recomputes_it_then_contin
     out = capsys.readouterr().out
     assert f"[{TRIAL}] epoch 3 measured again" in out and "epoch 4/4" in out
     for table, frame in frames(finished).items():
-        pd.testing.assert_frame_equal(frame, frames(run)[table])
+        pd.testing.assert_frame_equal(frame, frames(run)[table], check_exact=True)
