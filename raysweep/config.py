@@ -46,7 +46,7 @@ class TrialConfig:
     # neural packets
     spaces: str = "pixel,feature"  # which spaces to measure, comma-separated
     dims: int | None = 32  # K sampled dimensions per space, drawn once per trial; None or `all`: every one
-    estimator: str = "auto"  # auto (piecewise for ReLU/MaxPool nets with few kinks per line, else gauss) | piecewise | gauss | mc
+    estimator: str = "auto"  # auto (piecewise for ReLU/MaxPool nets with few kinks per line, else gauss; gauss whenever loss_clip is set) | piecewise | gauss | mc
     nodes: int = 32  # evaluations per dimension
     replicates: int = 8  # Monte-Carlo batches behind the standard errors
     loss_clip: float | None = None  # clip the loss at C (paper supp. footnote 1)
@@ -105,6 +105,9 @@ class TrialConfig:
             raise UserError(f"lr={self.lr}: must be positive")
         if self.loss_clip is not None and not self.loss_clip > 0:
             raise UserError(f"loss_clip={self.loss_clip}: the loss is clipped at a positive constant, e.g. loss_clip=5")
+        if self.estimator == "piecewise" and self.loss_clip is not None:
+            raise UserError(f"estimator=piecewise with loss_clip={self.loss_clip}: the walk does not locate the clip's "
+                            "kink; use estimator=gauss (or auto, which takes gauss when the loss is clipped)")
         if self.weight_decay is not None and not self.weight_decay >= 0:
             raise UserError(f"weight_decay={self.weight_decay}: must be 0 or more")
         if not DEVICE.fullmatch(self.device):

@@ -258,7 +258,12 @@ class Trial:
         cfg = self.config
         dims = self.dims[space]
         a, b = (torch.as_tensor(v, dtype=torch.float64).cpu().expand(x_base.numel())[dims] for v in (lo, hi))
-        estimator = cfg.estimator if cfg.estimator != "auto" else _auto_estimator(model, x_base, dims, a, b)
+        if cfg.estimator != "auto":
+            estimator = cfg.estimator
+        elif cfg.loss_clip is not None:  # the walk cannot see the clip's kink (packets.packet_stats)
+            estimator = "gauss"
+        else:
+            estimator = _auto_estimator(model, x_base, dims, a, b)
         chunk = cfg.chunk or self._default_chunk(dims.numel())
         return [
             PacketTask(

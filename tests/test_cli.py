@@ -115,6 +115,7 @@ BAD_INPUT = [
     (["run", "weight_decay=-1"], "weight_decay=-1.0: must be 0 or more"),
     (["run", "device=gpu"], "device='gpu': use auto, cpu, cuda or cuda:N"),
     (["run", "dims="], "dims= is empty: give a value, or dims=all for every dimension"),
+    (["run", "estimator=piecewise", "loss_clip=5"], "estimator=piecewise with loss_clip=5.0: the walk does not locate the clip's kink"),
     (["run", "--executor", "local", "--out", "{tmp}/afile/run"], "cannot be created ("),
     (["run", "--executor", "local", "--out", "{tmp}/" + "x" * 300], "cannot be created ("),
     (["figures", "{tmp}/run"], "no epoch has finished yet, so there is nothing to draw"),
