@@ -24,7 +24,7 @@ FIELDS = ("sx", "sp", "mean_x", "mean_p", "boundary_term")
 
 def moments_of(g, dg, a: float, b: float, points=None) -> dict[str, float]:
     """The packet of g on [a, b] by scipy.integrate.quad, straight from SPEC 1.2's formulas."""
-    quad = lambda f: integrate.quad(f, a, b, epsabs=1e-14, epsrel=1e-12, limit=400, points=points)[0]  # noqa: E731
+    quad = lambda f: integrate.quad(f, a, b, epsabs=1e-13, epsrel=1e-10, limit=400, points=points)[0]  # noqa: E731
     beta = quad(lambda t: g(t) ** 2)
     mean_x = quad(lambda t: t * g(t) ** 2) / beta
     sx = math.sqrt(quad(lambda t: (t - mean_x) ** 2 * g(t) ** 2) / beta)
@@ -72,6 +72,8 @@ def relative(got: float, want: float) -> float:
     return abs(got - want) / max(abs(want), 1e-300)
 
 
+# quad warns of round-off where an integrand is near zero; it is asked for 1e-10 and checked at 1e-7.
+@pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")
 def test_piecewise_matches_adaptive_quadrature_of_reverse_mode_on_a_relu_net_off_the_unit_interval() -> None:
     net = relu_mlp(0)
     x_base = torch.rand(1, 5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
