@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from scipy import integrate
 from torch import nn
 
 from raysweep import quadrature
+from oracles import moments_of, reverse_mode
 from raysweep.packets import PacketStats, line_losses, loss_and_slope, moments, packet_stats
 
 SHAPE = (1, 5, 5)
@@ -36,25 +36,7 @@ def analytic_moments(g, dg, a: float, b: float) -> PacketStats:
 
 def reference(net: nn.Module, x_base: torch.Tensor, dim: int, label: int, a: float, b: float) -> dict[str, float]:
     """sx, sp, <x>, <p>, B by scipy's adaptive quadrature, g' by reverse-mode autograd, float64."""
-
-    def g_and_slope(t: float) -> tuple[float, float]:
-        x = x_base.clone().reshape(-1)
-        xi = torch.tensor(t, dtype=torch.float64, requires_grad=True)
-        x = torch.cat([x[:dim], xi[None], x[dim + 1 :]]).view(1, *x_base.shape)
-        loss = nn.functional.cross_entropy(net(x), torch.tensor([label]))
-        (slope,) = torch.autograd.grad(loss, xi)
-        return loss.item(), slope.item()
-
-    quad = lambda f: integrate.quad(f, a, b, epsabs=1e-13, epsrel=1e-12, limit=200)[0]  # noqa: E731
-    g = lambda t: g_and_slope(t)[0]  # noqa: E731
-    dg = lambda t: g_and_slope(t)[1]  # noqa: E731
-    beta = quad(lambda t: g(t) ** 2)
-    mean_x = quad(lambda t: t * g(t) ** 2) / beta
-    sx = math.sqrt(quad(lambda t: (t - mean_x) ** 2 * g(t) ** 2) / beta)
-    mean_p = quad(lambda t: g(t) * dg(t)) / beta
-    sp = math.sqrt(quad(lambda t: (dg(t) - mean_p * g(t)) ** 2) / beta)
-    B = ((b - mean_x) * g(b) ** 2 - (a - mean_x) * g(a) ** 2) / beta
-    return {"sx": sx, "sp": sp, "mean_x": mean_x, "mean_p": mean_p, "boundary_term": B}
+    return moments_of(*reverse_mode(net, x_base, dim, label), a, b)
 
 
 def test_flat_packet_has_uniform_spread() -> None:

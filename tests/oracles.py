@@ -1,0 +1,36 @@
+"""Independent oracles for packet statistics: SPEC 1.2's formulas by scipy's adaptive quadrature,
+on losses and slopes from float64 reverse-mode autograd, sharing no code with raysweep.packets."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from scipy import integrate
+from torch import nn
+
+
+def moments_of(g, dg, a: float, b: float, points=None) -> dict[str, float]:
+    """The packet of g on [a, b] by scipy.integrate.quad, straight from SPEC 1.2's formulas."""
+    quad = lambda f: integrate.quad(f, a, b, epsabs=1e-13, epsrel=1e-10, limit=400, points=points)[0]  # noqa: E731
+    beta = quad(lambda t: g(t) ** 2)
+    mean_x = quad(lambda t: t * g(t) ** 2) / beta
+    sx = math.sqrt(quad(lambda t: (t - mean_x) ** 2 * g(t) ** 2) / beta)
+    mean_p = quad(lambda t: g(t) * dg(t)) / beta
+    sp = math.sqrt(quad(lambda t: (dg(t) - mean_p * g(t)) ** 2) / beta)
+    boundary = ((b - mean_x) * g(b) ** 2 - (a - mean_x) * g(a) ** 2) / beta
+    return {"sx": sx, "sp": sp, "mean_x": mean_x, "mean_p": mean_p, "boundary_term": boundary}
+
+
+def reverse_mode(net: nn.Module, x_base: torch.Tensor, dim: int, label: int):
+    """g(t) and g'(t) of one pair by float64 reverse-mode autograd, one point at a time."""
+
+    def both(t: float) -> tuple[float, float]:
+        x = x_base.clone().reshape(-1)
+        xi = torch.tensor(t, dtype=torch.float64, requires_grad=True)
+        x = torch.cat([x[:dim], xi[None], x[dim + 1 :]]).view(1, *x_base.shape)
+        loss = nn.functional.cross_entropy(net(x), torch.tensor([label]))
+        (slope,) = torch.autograd.grad(loss, xi)
+        return loss.item(), slope.item()
+
+    return (lambda t: both(t)[0]), (lambda t: both(t)[1])
