@@ -32,7 +32,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-
 import torchvision
 
 from raysweep.errors import UserError

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
@@ -196,6 +195,3 @@ def _ago(seconds: float) -> str:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
 
-
-def dumps(value: dict) -> bytes:
-    return json.dumps(value, default=str).encode()

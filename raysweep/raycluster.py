@@ -28,7 +28,6 @@ import ray
 from raysweep.errors import UserError
 
 KEEP_IDLE_WORKERS_MS = 600_000  # a packet worker outlives the pause between two epochs' packet stages
-IDLE_WORKERS_ENV = f"RAY_idle_worker_killing_time_threshold_ms={KEEP_IDLE_WORKERS_MS}"
 _AUTH_WORDS = ("InvalidAuthToken", "AuthenticationError", "authentication", "auth token", "Unauthenticated")
 
 
@@ -105,7 +104,7 @@ def quiet_driver_logs() -> None:
     """
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # A Ray of our own keeps Ray's default, token authentication, without its notice that it chose it.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TokenNotice())
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TOKEN_NOTICE)  # once: same object
     # Short epochs with num_to_keep make Tune force a state snapshot at each checkpoint, which is
     # what resume needs; its warning about that would flood the terminal.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -118,17 +117,25 @@ class _TokenNotice(logging.Filter):
         return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
+_TOKEN_NOTICE = _TokenNotice()
+
+
 def has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
 def alive_nodes() -> list[dict]:
-    """Each alive node as {"id", "address", "resources"} (Ray's logical resources)."""
+    """Each alive node as {"address", "resources"} (Ray's logical resources)."""
     return [
-        {"id": n["NodeID"], "address": n.get("NodeManagerAddress", "?"), "resources": dict(n.get("Resources", {}))}
+        {"address": n.get("NodeManagerAddress", "?"), "resources": dict(n.get("Resources", {}))}
         for n in ray.nodes()
         if n.get("Alive")
     ]
+
+
+def lost_nodes() -> str:
+    """The nodes Ray knows as dead, as `address (node id prefix)`, comma-separated ('' if none)."""
+    return ", ".join(f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n in ray.nodes() if not n.get("Alive"))
 
 
 def unplaceable(bundles: list[dict[str, float]], nodes: list[dict]) -> str | None:

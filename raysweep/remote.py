@@ -94,8 +94,7 @@ def _check_bundles(group, lost_since: float | None) -> float | None:
     bundles = list(table.get("bundles", {}).values())
     why = raycluster.unplaceable(bundles, raycluster.alive_nodes())
     if now - lost_since >= LOST_BUNDLE_GRACE_S and why:
-        dead = ", ".join(f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n in ray.nodes() if not n.get("Alive"))
         raise RuntimeError(
-            f"the packet tasks lost their bundle with node {dead or '?'} and no alive node can take it: {why}"
+            f"the packet tasks lost their bundle with node {raycluster.lost_nodes() or '?'} and no alive node can take it: {why}"
         )
     return lost_since

@@ -119,6 +119,7 @@ class RunStore:
         self.uri = uri
         self.root = self.root.rstrip("/")
         self._manifest: dict | None = None
+        self._tmp_ready = False
 
     @property
     def location(self) -> str:
@@ -268,7 +269,7 @@ class RunStore:
         """
         wanted = set(tables)
         name = check_name(config.name)
-        manifest = self.manifest() if self.exists() else {}
+        manifest = self.manifest()  # cached; run_id needs it too
         meta = {
             b"raysweep.trial": json.dumps(asdict(config)).encode(),
             b"raysweep.run": (self.run_id or "").encode(),
@@ -437,13 +438,13 @@ class RunStore:
         file loses its directory), without torch; deep=True loads each and checks its run id.
         """
         problems = []
+        check = self._checkpoint_problem if deep else self._archive_problem
         for folder in ("checkpoints", TUNE_FOLDER):
             selector = pafs.FileSelector(f"{self.root}/{folder}", recursive=True, allow_not_found=True)
             for info in self.fs.get_file_info(selector):
                 if info.type == pafs.FileType.File and info.base_name.endswith(".pt") and not info.base_name.startswith("."):
                     # checkpoints/<trial>/epoch-N.pt, or Tune's tune/<trial>/checkpoint_N/state.pt
                     parts = info.path[len(self.root) + 1 :].split("/")
-                    check = self._checkpoint_problem if deep else self._archive_problem
                     if problem := check(info.path, parts[1] if len(parts) > 2 else ""):
                         problems.append(problem)
         return sorted(problems)
@@ -484,7 +485,9 @@ class RunStore:
         """
         folder = path.rsplit("/", 1)[0]
         self.fs.create_dir(folder, recursive=True)
-        self.fs.create_dir(f"{self.root}/{TMP_FOLDER}", recursive=True)
+        if not self._tmp_ready:  # once per store: every file of the run passes through it
+            self.fs.create_dir(f"{self.root}/{TMP_FOLDER}", recursive=True)
+            self._tmp_ready = True
         tmp = f"{self.root}/{TMP_FOLDER}/{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}"
         with self.fs.open_output_stream(tmp) as f:
             f.write(payload)

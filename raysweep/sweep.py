@@ -69,8 +69,9 @@ def run_trials(
 ) -> None:
     """Run every trial to its last epoch, resuming each from its newest usable checkpoint.
 
-    With a `board`, each epoch announces its stages there (a `progress.Monitor` shows the long ones).
+    Each epoch announces its stages on `board` (where a `progress.Monitor` may show the long ones).
     """
+    board = board or Board()
     for config in trials:
         _set_threads(config)
         last = last_written(store, config)
@@ -78,12 +79,10 @@ def run_trials(
         if trial.done:
             progress(f"[{config.name}] already finished ({trial.epoch}/{config.epochs} epochs)")
         while not trial.done:
-            stage = board.hook(config.name, trial.epoch + 1, config.epochs) if board else None
-            result = trial.run_epoch(runner, stage) if stage else trial.run_epoch(runner)
+            result = trial.run_epoch(runner, board.hook(config.name, trial.epoch + 1, config.epochs))
             store.write_epoch(config, result)
             store.save_checkpoint(config.name, trial.epoch, trial.state_dict())
-            if board:
-                board.finished(config.name)
+            board.finished(config.name)
             progress(epoch_line(config, result))
 
 

@@ -67,10 +67,11 @@ StageHook = Callable[..., None]  # (stage, done=0, total=0): what the epoch is d
 
 def run_local(tasks: Sequence[PacketTask], on_done: DimsDone = lambda dims: None) -> list[PacketStats]:
     """The in-process runner of `--executor local`."""
-    results = []
+    results, dims = [], 0
     for task in tasks:
         results.append(task.run())
-        on_done(sum(t.dims.numel() for t in tasks[: len(results)]))
+        dims += task.dims.numel()
+        on_done(dims)
     return results
 
 

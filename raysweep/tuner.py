@@ -151,7 +151,8 @@ class Watch(tune.Callback, tune.Stopper):
                 continue
             since = self._waiting_since.setdefault(t.trial_id, now)
             if now - since >= UNPLACEABLE_GRACE_S and self.reason is None:
-                self.reason = f"trial {_name(t)} cannot be placed any more: {why}{_lost_nodes()}"
+                lost = raycluster.lost_nodes()
+                self.reason = f"trial {_name(t)} cannot be placed any more: {why}" + (f"; lost node(s): {lost}" if lost else "")
 
     def stages(self) -> list[progress.Stage]:
         """Stages of the running trials, from the files they write (for `progress.Monitor`)."""
@@ -170,11 +171,6 @@ class Watch(tune.Callback, tune.Stopper):
 
     def stop_all(self) -> bool:
         return self.reason is not None
-
-
-def _lost_nodes() -> str:
-    dead = [f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n in ray.nodes() if not n.get("Alive")]
-    return f"; lost node(s): {', '.join(dead)}" if dead else ""
 
 
 class _Interrupted(logging.Filter):
