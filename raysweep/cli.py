@@ -76,11 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("runs", nargs="+", metavar="RUN", help="one or more run directories (several: compared)")
     figures.add_argument("--out", help="output folder (default: RUN/figures of the first run)")
     figures.add_argument("--format", default="png", choices=("png", "svg", "pdf"), help="figure file format (default: png)")
-    figures.add_argument("--epochs", default="1,21,41", help="epochs of the class-8 panels of Fig. 1 (default: 1,21,41)")
+    figures.add_argument(
+        "--epochs", help="epochs of the class-8 panels of Fig. 1, each one the run has (default: those nearest 1, 21, 41)",
+    )
     figures.add_argument("--no-tsne", action="store_true", help="skip Fig. 1 (its t-SNE takes seconds per epoch)")
     return parser
 
 
+DEFAULT_FIG1_EPOCHS = "1,21,41"  # the paper's Fig. 1 panels
 _CURRENT_RUN: list[str] = []  # the run being driven, for the line an interrupt prints
 
 
@@ -228,7 +231,7 @@ def _figures(args: argparse.Namespace) -> int:
     from raysweep import figures, report, results
 
     try:
-        chosen = [int(e) for e in args.epochs.split(",") if e.strip()]
+        chosen = [int(e) for e in (args.epochs or DEFAULT_FIG1_EPOCHS).split(",") if e.strip()]
     except ValueError:
         raise UserError(f"--epochs {args.epochs!r}: give comma-separated epoch numbers, e.g. 1,21,41") from None
     from raysweep.store import RunStore
@@ -238,7 +241,8 @@ def _figures(args: argparse.Namespace) -> int:
         raise UserError(f"{', '.join(args.runs)}: no epoch has finished yet, so there is nothing to draw: "
                         f"see `raysweep status {args.runs[0]}`")
     have = sorted(set(loaded.embeddings["epoch"]) if not loaded.embeddings.empty else set(loaded.epochs["epoch"]))
-    if not args.no_tsne and (missing := [e for e in chosen if e not in have]):
+    # Epochs named on the command line must exist; the default is snapped to the nearest ones (figures.fig1).
+    if args.epochs and not args.no_tsne and (missing := [e for e in chosen if e not in have]):
         raise UserError(f"--epochs {args.epochs}: the run has no epoch {missing[0]} (epochs {have[0]}-{have[-1]} "
                         f"are there): give epochs it has, e.g. --epochs {','.join(map(str, have[:: max(1, len(have) // 3)][:3]))}")
     first = RunStore(args.runs[0])

@@ -136,6 +136,12 @@ def test_bad_epoch_list_is_a_clear_error(run_dir: Path, capsys: pytest.CaptureFi
     assert "give comma-separated epoch numbers" in capsys.readouterr().err
 
 
+def test_the_default_epochs_snap_to_the_runs_own(run_dir: Path, tmp_path: Path) -> None:
+    """A 5-epoch run drawn without --epochs (make demo draws a 20-epoch one): 1, 21, 41 become 1 and 5."""
+    assert main(["figures", str(run_dir), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "fig1_tiny_mnist_conv3-synthetic-s0.png").stat().st_size > 1000
+
+
 def test_epochs_the_run_does_not_have_are_a_clear_error(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["figures", str(run_dir), "--epochs", "1,99", "--out", str(tmp_path / "f")]) == 2
     err = capsys.readouterr().err
