@@ -7,17 +7,15 @@ import datetime
 import platform
 import statistics
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import torch
 from torch import nn
 
-from raysweep import allocator, data, models, train
+from raysweep.run import allocator
+from raysweep.core import data, models, train
 
-# Forward-mode AD trips torch's own jit-deprecation warning (packets.line_losses silences it the same way)
-warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 T = TypeVar("T")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -26,8 +26,9 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 
 from common import parser, print_table, setup, sync
-from raysweep import attacks, config, features, train
-from raysweep import trial as trial_module
+from raysweep.core import attacks, features, train
+from raysweep.run import config, presets
+from raysweep.core import trial as trial_module
 
 STAGES: dict[str, tuple[object, str]] = {
     "train": (train, "train_epoch"),
@@ -79,14 +80,14 @@ class StageClock:
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--preset", default="paper", choices=list(config.PRESETS))
+    p.add_argument("--preset", default="paper", choices=list(presets.PRESETS))
     p.add_argument("--epochs", type=int, default=2, help="measured epochs per trial (the first one warms up)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="as for `raysweep run`")
     args = p.parse_args()
     setup(args.threads)
     overrides = config.parse_overrides([*args.overrides, *(SMOKE if args.smoke_test else [])])
     preset = "smoke" if args.smoke_test else args.preset
-    sweep = config.resolve(preset, overrides)
+    sweep = presets.resolve(preset, overrides)
     epochs = 1 if args.smoke_test else args.epochs
     columns = ["trial", "epoch", "setup", *STAGES, "other", "total"]
     rows, preset_seconds = [], 0.0
@@ -111,10 +112,10 @@ def main() -> None:
                 *(f"{s:.2f}" for s in staged), f"{last - sum(staged):.2f}", f"{last:.2f}",
             ])
             print("# " + " | ".join(rows[-1]), flush=True)
-        preset_seconds += setup_seconds + last * cfg.epochs
+        preset_seconds += setup_seconds + last * cfg.train.epochs
     print(f"## seconds per measured epoch, --preset {preset} {' '.join(args.overrides)}")
     print_table(columns, rows)
-    print(f"\nwhole preset ({sweep.trial.epochs} epochs per trial), EXTRAPOLATED from each trial's last epoch: "
+    print(f"\nwhole preset ({sweep.trial.train.epochs} epochs per trial), EXTRAPOLATED from each trial's last epoch: "
           f"{preset_seconds:.0f} s = {preset_seconds / 60:.1f} min")
 
 

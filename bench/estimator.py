@@ -34,8 +34,9 @@ import torch
 from torch import nn
 
 from common import interval, parser, setup, trained
-from raysweep import data, quadrature
-from raysweep.packets import PacketStats, moments, packet_stats
+from raysweep.core import data, quadrature
+from raysweep.core.lines import PacketStats, moments
+from raysweep.core.packets import packet_stats
 
 
 class Setup(NamedTuple):

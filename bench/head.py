@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from common import DEVICE, parser, print_table, setup, timed, trained
-from raysweep import attacks, data, features, train
-from raysweep.config import TrialConfig
+from raysweep.core import attacks, data, features, train
+from raysweep.core.config import PacketConfig
 
 RECIPES = ((128, 1e-3), (512, 2e-3), (1024, 3e-3), (4096, 1e-2))  # (batch size, Adam rate); the first is the trial's
-HEAD_EPOCHS = TrialConfig.head_epochs  # as trials retrain it
+HEAD_EPOCHS = PacketConfig.head_epochs  # as trials retrain it
 
 
 def main() -> None:

@@ -18,7 +18,8 @@ import time
 
 from common import parser, setup
 
-from raysweep import config, raycluster, sweep, tuner
+from raysweep.run import config, local, presets
+from raysweep.run.ray import cluster, tuner
 from raysweep.store import RunStore
 
 
@@ -30,7 +31,7 @@ def main() -> None:
     setup(args.threads)
     overrides = {"epochs": str(2 if args.smoke_test else args.epochs), **config.parse_overrides(args.overrides)}
     preset = "smoke" if args.smoke_test else "demo"
-    trials = config.resolve(preset, overrides).trials()
+    trials = presets.resolve(preset, overrides).trials()
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for executor in ("local", "ray"):
@@ -38,16 +39,16 @@ def main() -> None:
             store.create({})
             start = time.perf_counter()
             if executor == "local":
-                sweep.run_trials(store, trials, progress=lambda line: None)
+                local.run_trials(store, trials, progress=lambda line: None)
             else:
-                with raycluster.session():
+                with cluster.session():
                     tuner.run(store, trials, say=lambda line: None)
             wall = time.perf_counter() - start
             seconds = store.read("epochs").drop_duplicates(["trial", "epoch"]).set_index("epoch")["seconds"]
             later = seconds[seconds.index > 1]
             rows[executor] = (seconds.sum(), later.sum(), later.max(), wall)
     cfg = trials[0]
-    print(f"# preset {preset}, {cfg.epochs} epochs, dims={cfg.dims}, chunk={cfg.chunk}")
+    print(f"# preset {preset}, {cfg.train.epochs} epochs, dims={cfg.packets.dims}, chunk={cfg.packets.chunk}")
     print(f"{'executor':<8} {'sum of epoch s':>15} {'after epoch 1':>14} {'slowest after 1':>16} {'run wall s':>11}")
     for executor, (total, later, slowest, wall) in rows.items():
         print(f"{executor:<8} {total:>15.2f} {later:>14.2f} {slowest:>16.3f} {wall:>11.1f}")

@@ -27,8 +27,9 @@ from typing import NamedTuple
 import torch
 
 from common import DEVICE, model_and_base, parser, print_table, setup, timed
-from raysweep import allocator
-from raysweep.packets import PacketStats, packet_stats
+from raysweep.run import allocator
+from raysweep.core.lines import PacketStats
+from raysweep.core.packets import packet_stats
 
 
 class Sizes(NamedTuple):

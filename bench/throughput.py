@@ -5,7 +5,7 @@
 Per architecture (random init, eval mode, float32, base point: a smooth mean image):
 - limit: network rows/s of torch.func.jvp(model, (x,), (tangent,)) with one-hot coordinate tangents,
   at the batch the gauss packet stage runs (the default batch, or all its rows if fewer);
-- packet stage: raysweep.packets.packet_stats for gauss (32 nodes) and piecewise on K dimensions;
+- packet stage: raysweep.core.packets.packet_stats for gauss (32 nodes) and piecewise on K dimensions;
   pairs/s (pairs = K x 10 classes), network rows/s (gauss: K x 34 rows; piecewise: its evaluations)
   and limit / stage rows/s (the SPEC's target on a GPU: within 2x);
 - forward+JVP rows/s against the batch size, and the batch packet_stats picks by itself here.
@@ -13,7 +13,7 @@ Times are medians of --repeats runs after one warm-up run. On a GPU the sizes ar
 every pixel of mnist_conv3 and cifar_conv4) and both the limit and the stage run in true float32 (no TF32).
 
 On Linux, glibc would hand big freed tensors back to the OS and fault them in again on every pass;
-raysweep's trials and packet tasks, and these scripts, raise its thresholds first (raysweep.allocator).
+raysweep's trials and packet tasks, and these scripts, raise its thresholds first (raysweep.run.allocator).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from common import DEVICE, interval, model_and_base, parser, print_table, setup, timed
-from raysweep import models
-from raysweep.packets import PIECEWISE_ROWS_PER_LINE, default_batch, line_inputs, packet_stats
+from raysweep.core import models
+from raysweep.core.lines import default_batch, line_inputs
+from raysweep.core.packets import PIECEWISE_ROWS_PER_LINE, packet_stats
 
 NODES = 32  # gauss nodes per dimension
 

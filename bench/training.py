@@ -2,7 +2,7 @@
 
     python bench/training.py [--threads N] [--smoke-test]
 
-Per architecture: raysweep.train's recipe (`recipe_for`, unchanged), `make_optimizer` and `train_epoch`
+Per architecture: raysweep.core.train's recipe (`recipe_for`, unchanged), `make_optimizer` and `train_epoch`
 with the recipe's batch size and augmentation, on generated images of the arch's input shape.
 - CPU: 512 training images per pass; one untimed pass, then the median of several gives images/s, and one
   epoch of the real data set (60,000 MNIST or 50,000 CIFAR-10 images) is extrapolated from it.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from common import parser, print_table, setup, timed
-from raysweep import data, models, train
+from raysweep.core import data, models, train
 
 PASSES = {"mnist_conv3": 16, "cifar_conv4": 16, "resnet9": 3}  # timed passes over the 512 images, CPU
 GPU_EPOCHS = 3  # timed whole epochs on a GPU

@@ -1,8 +1,16 @@
 """raysweep: the uncertainty relation of neural networks, measured while they train.
 
-The numeric core (`models`, `data`, `attacks`, `quadrature`, `packets`, `train`,
-`features`, `trial`) is pure torch and never imports Ray or file formats;
-orchestration (`store`, `cli`, and the Ray executor) wraps it.
+Three floors on shared contracts:
+
+- `core/`: the numerics, pure torch (models, data, training, attacks, packets, the
+  epoch loop); never Ray, pyarrow, pandas or ctypes. It runs alone with `--executor local`.
+- `run/`: orchestration (config and presets, the local driver, provenance, progress,
+  and `run/ray/` for the cluster, packet tasks and Tune).
+- `analysis/`: pandas, numpy, scipy and seaborn on the Parquet outputs; no torch.
+
+Under all three: `errors`, `choices` (every list of choices), `schema` (the output
+contract's columns) and `store` (the run directory). `packets`, `attacks` and `models`
+are the public names of SPEC's contracts; `cli` is the command line.
 """
 
 import warnings

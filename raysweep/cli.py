@@ -7,27 +7,37 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import datetime
 import os
 import sys
 from typing import TYPE_CHECKING
 
-from raysweep import config as cfg
+from raysweep.analysis import script
+from raysweep.choices import EXECUTORS
 from raysweep.errors import UserError
+from raysweep.run import config as cfg
+from raysweep.run.presets import PRESETS, resolve
 
 if TYPE_CHECKING:
+    from raysweep.core.config import TrialConfig
     from raysweep.store import RunStore
 
-_KEYS_HELP = "\n".join(
-    f"  {f.name:<13} default {f.default!r}" for f in dataclasses.fields(cfg.TrialConfig)
-)
+
+def _keys_help() -> str:
+    """The keys by concern (the part of the config each sets), with their defaults."""
+    defaults = cfg.record(cfg.trial_config())
+    lines = []
+    for key, (part, _) in cfg.KEYS.items():
+        lines.append(f"  {key:<13} {part or 'trial':<9} default {defaults[key]!r}")
+    return "\n".join(lines)
+
+
 _EPILOG = f"""\
 overrides (key=value, applied on top of the preset; arch, dataset and seed take comma lists):
-  storage       the run directory: a path or a pyarrow filesystem URI (same as --out)
-{_KEYS_HELP}
+  storage       run       the run directory: a path or a pyarrow filesystem URI (same as --out)
+{_keys_help()}
 
-presets: {', '.join(f"{name} ({', '.join(f'{k}={v}' for k, v in values.items())})" for name, values in cfg.PRESETS.items())}
+presets: {', '.join(f"{name} ({', '.join(f'{k}={v}' for k, v in values.items())})" for name, values in PRESETS.items())}
 
 examples:
   raysweep run --preset demo
@@ -48,9 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="start a sweep", epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train every (arch, dataset, seed) of the grid and measure each epoch into a run directory.",
     )
-    run.add_argument("--preset", default="demo", choices=sorted(cfg.PRESETS), help="starting configuration (default: demo)")
+    run.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="starting configuration (default: demo)")
     run.add_argument(
-        "--executor", default="ray", choices=cfg.EXECUTORS,
+        "--executor", default="ray", choices=EXECUTORS,
         help="ray: Ray Tune trials with packet tasks (default); local: in-process, no Ray",
     )
     run.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
@@ -73,17 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         "figures", help="draw the paper's figures and the trade-off report",
         description="Fig. 1, Fig. 2 and a trade-off report (Markdown and CSV) from the Parquet outputs alone.",
     )
-    figures.add_argument("runs", nargs="+", metavar="RUN", help="one or more run directories (several: compared)")
-    figures.add_argument("--out", help="output folder (default: RUN/figures of the first run)")
-    figures.add_argument("--format", default="png", choices=("png", "svg", "pdf"), help="figure file format (default: png)")
-    figures.add_argument(
-        "--epochs", help="epochs of the class-8 panels of Fig. 1, each one the run has (default: those nearest 1, 21, 41)",
-    )
+    script.arguments(epochs=True, parser=figures)
     figures.add_argument("--no-tsne", action="store_true", help="skip Fig. 1 (its t-SNE takes seconds per epoch)")
     return parser
 
 
-DEFAULT_FIG1_EPOCHS = "1,21,41"  # the paper's Fig. 1 panels
 _CURRENT_RUN: list[str] = []  # the run being driven, for the line an interrupt prints
 
 
@@ -116,10 +120,9 @@ def _check_out_in_job(out: str, given: bool) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from raysweep import store, sweep
-
+    # Everything the command line says is checked before torch, pyarrow or Ray loads.
     overrides = cfg.parse_overrides(args.overrides)
-    sweep_config = cfg.resolve(args.preset, overrides)
+    sweep_config = resolve(args.preset, overrides)
     trials = sweep_config.trials()
     if args.out and overrides.get("storage") and args.out != overrides["storage"]:
         raise UserError(f"--out {args.out} and storage={overrides['storage']} disagree: give one of them")
@@ -128,15 +131,18 @@ def _run(args: argparse.Namespace) -> int:
     _check_out_in_job(out, bool(given))
     if args.executor == "local" and args.address:
         raise UserError(f"--address {args.address} joins a Ray cluster, but --executor local runs without Ray: drop one")
+    from raysweep import store
+    from raysweep.run import local, provenance
+
     run_store = store.RunStore(out)
     run_store.check_new()
-    sweep.preflight(trials)
+    local.preflight(trials)
     with _cluster(args.executor, args.address):  # connect first: a dead address leaves no half-made run
         if args.executor == "ray":
-            from raysweep import tuner
+            from raysweep.run.ray import tuner
 
             tuner.check_placeable(trials)  # before the run exists: an impossible request writes nothing
-        run_store.create(sweep.manifest(sweep_config, preset=args.preset, overrides=overrides, executor=args.executor))
+        run_store.create(provenance.manifest(sweep_config, preset=args.preset, overrides=overrides, executor=args.executor))
         _CURRENT_RUN.append(out)
         _say(f"raysweep: {len(trials)} trial(s), executor {args.executor} -> {out}")
         _execute(args.executor, run_store, trials, address=args.address, resume=False)
@@ -147,23 +153,23 @@ def _run(args: argparse.Namespace) -> int:
 def _cluster(executor: str, address: str | None) -> contextlib.AbstractContextManager:
     if executor == "local":
         return contextlib.nullcontext()
-    from raysweep import raycluster
+    from raysweep.run.ray import cluster
 
-    return raycluster.session(address)
+    return cluster.session(address)
 
 
-def _execute(executor: str, run_store: RunStore, trials: list[cfg.TrialConfig], *, address: str | None, resume: bool) -> None:
+def _execute(executor: str, run_store: RunStore, trials: list[TrialConfig], *, address: str | None, resume: bool) -> None:
     if executor == "local":
-        from raysweep import sweep
+        from raysweep.run import local
 
-        sweep.run_local_driver(run_store, trials, _say)
+        local.run_local_driver(run_store, trials, _say)
         return
-    from raysweep import tuner
+    from raysweep.run.ray import tuner
 
     (tuner.resume if resume else tuner.run)(run_store, trials, address=address, say=_say)
 
 
-def _open_run(path: str) -> tuple[RunStore, list[cfg.TrialConfig]]:
+def _open_run(path: str) -> tuple[RunStore, list[TrialConfig]]:
     from raysweep import store
 
     run_store = store.RunStore(path)
@@ -171,7 +177,8 @@ def _open_run(path: str) -> tuple[RunStore, list[cfg.TrialConfig]]:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from raysweep import __version__, store, sweep
+    from raysweep import __version__, store
+    from raysweep.run import local
 
     run_store = store.RunStore(args.run_dir)
     if not run_store.exists() and run_store.recoverable_trials():
@@ -180,10 +187,10 @@ def _resume(args: argparse.Namespace) -> int:
         print(f"raysweep: rebuilt {run_store.manifest_path} from the Parquet files ({len(manifest['trials'])} trial(s))")
     run_store, trials = _open_run(args.run_dir)
     _CURRENT_RUN.append(args.run_dir)
-    recomputed = sweep.repair(run_store, trials, progress=_say)
+    recomputed = local.repair(run_store, trials, progress=_say)
     for problem in run_store.checkpoint_problems():
         print(f"raysweep: note: checkpoint {problem}; it is never resumed from (delete it at will)")
-    if all(sweep.last_written(run_store, t) >= t.epochs for t in trials):
+    if all(local.last_written(run_store, t) >= t.train.epochs for t in trials):
         done = f"finished after {recomputed} repair(s)" if recomputed else "already finished; nothing to do"
         print(f"raysweep: {args.run_dir} is {done}")
         return 0
@@ -195,14 +202,14 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from raysweep import progress
+    from raysweep.run import progress
 
     run_store, trials = _open_run(args.run_dir)
     print(f"{args.run_dir}: {progress.liveness(run_store)}")
     problems = [
         f"DAMAGED {reason}; `raysweep resume {args.run_dir}` measures epoch {epoch} of {trial.name} again"
         for trial in trials
-        for epoch, tables in run_store.damaged_epochs(trial, deep=args.deep).items()
+        for epoch, tables in run_store.damaged_epochs(trial.name, embeddings=trial.keeps_embeddings, deep=args.deep).items()
         for reason in tables.values()
     ] + [
         f"CHECKPOINT {problem}; `raysweep resume {args.run_dir}` does not resume from it"
@@ -215,8 +222,8 @@ def _status(args: argparse.Namespace) -> int:
     epochs = run_store.read("epochs")
     for trial in trials:
         done = run_store.epochs_written(trial.name)
-        state = "done" if len(done) >= trial.epochs else ("running or stopped" if done else "not started")
-        line = f"{trial.name:<40} {state:<18} epochs {len(done)}/{trial.epochs}"
+        state = "done" if len(done) >= trial.train.epochs else ("running or stopped" if done else "not started")
+        line = f"{trial.name:<40} {state:<18} epochs {len(done)}/{trial.train.epochs}"
         rows = epochs[(epochs["trial"] == trial.name) & (epochs["space"] == "pixel")]
         if len(rows):
             last = rows[rows["epoch"] == rows["epoch"].max()].iloc[0]
@@ -226,38 +233,26 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _figures(args: argparse.Namespace) -> int:
+    import tempfile
     from pathlib import Path
 
-    from raysweep import figures, report, results
-
-    try:
-        chosen = [int(e) for e in (args.epochs or DEFAULT_FIG1_EPOCHS).split(",") if e.strip()]
-    except ValueError:
-        raise UserError(f"--epochs {args.epochs!r}: give comma-separated epoch numbers, e.g. 1,21,41") from None
+    from raysweep.scripts import fig1, fig2, report
     from raysweep.store import RunStore
 
-    loaded = results.load(args.runs)
-    if loaded.epochs.empty:
-        raise UserError(f"{', '.join(args.runs)}: no epoch has finished yet, so there is nothing to draw: "
-                        f"see `raysweep status {args.runs[0]}`")
-    have = sorted(set(loaded.embeddings["epoch"]) if not loaded.embeddings.empty else set(loaded.epochs["epoch"]))
-    # Epochs named on the command line must exist; the default is snapped to the nearest ones (figures.fig1).
-    if args.epochs and not args.no_tsne and (missing := [e for e in chosen if e not in have]):
-        raise UserError(f"--epochs {args.epochs}: the run has no epoch {missing[0]} (epochs {have[0]}-{have[-1]} "
-                        f"are there): give epochs it has, e.g. --epochs {','.join(map(str, have[:: max(1, len(have) // 3)][:3]))}")
+    script.parse_epochs(args.epochs)
+    loaded = script.loaded(args.runs)
+    chosen = script.check_epochs(args.epochs, loaded) if not args.no_tsne else []
     first = RunStore(args.runs[0])
     with contextlib.ExitStack() as stack:
         if args.out or first.is_local:
             out = Path(args.out or Path(first.root) / "figures")
         else:  # drawn here, then copied into RUN/figures on the run's own storage
-            import tempfile
-
             out = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         for note in loaded.notes:
             print(f"raysweep: note: {note}", file=sys.stderr)
-        written = report.write(loaded, out) + figures.fig2(loaded, out, args.format)
+        written = report.write(loaded, out) + fig2.draw(loaded, out, args.format)
         if not args.no_tsne:
-            written += figures.fig1(loaded, out, args.format, chosen)
+            written += fig1.draw(loaded, out, args.format, chosen)
         if not (args.out or first.is_local):
             written = [first.upload(path, f"figures/{path.name}") for path in written]
         for path in written:

@@ -32,8 +32,7 @@ import os
 import re
 import uuid
 import zipfile
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable, Mapping
 
 import pandas as pd
 import pyarrow as pa
@@ -41,44 +40,28 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raysweep.config import TrialConfig
+from raysweep import schema
+from raysweep.choices import check_name
 from raysweep.errors import UserError
+from raysweep.schema import REQUIRED, TABLES
 
-if TYPE_CHECKING:  # the store must not need torch or the epoch loop to read a run (`status`)
-    from raysweep.trial import EpochResult
-
-TABLES = ("epochs", "packets", "embeddings")
-REQUIRED = ("epochs", "packets")  # written every epoch; embeddings only when the trial draws Fig. 1 points
 TUNE_FOLDER = "tune"  # Ray Tune's own state and checkpoints, inside the run directory
 TMP_FOLDER = ".tmp"  # files being written, outside every dataset folder
-PARTITION = "trial="  # hive partition folders of the datasets: <table>/trial=<name>/
+PARTITION = f"{schema.PARTITION}="  # hive partition folders of the datasets: <table>/trial=<name>/
 PROVENANCE = ("versions", "code_revision", "hardware")  # manifest keys copied into every Parquet file
 KEEP_CHECKPOINTS = 2  # the newest and the one before, in case the newest was cut short
 
+_ARROW = {
+    "string": pa.string(), "int32": pa.int32(), "int64": pa.int64(), "float32": pa.float32(),
+    "float64": pa.float64(), "list<float32>": pa.list_(pa.float32()),
+}
 SCHEMAS = {
-    "epochs": pa.schema([
-        ("trial", pa.string()), ("arch", pa.string()), ("dataset", pa.string()), ("seed", pa.int64()),
-        ("epoch", pa.int32()), ("space", pa.string()), ("attack", pa.string()),
-        ("eps", pa.float64()), ("alpha", pa.float64()), ("steps", pa.int32()), ("budget_scale", pa.float64()),
-        ("test_acc", pa.float64()), ("robust_acc", pa.float64()), ("train_loss", pa.float64()),
-        ("seconds", pa.float64()),
-    ]),
-    "packets": pa.schema([
-        ("trial", pa.string()), ("epoch", pa.int32()), ("space", pa.string()), ("class", pa.int32()),
-        ("dim", pa.int64()), ("a", pa.float64()), ("b", pa.float64()), ("sx", pa.float64()), ("sp", pa.float64()), ("mean_x", pa.float64()),
-        ("mean_p", pa.float64()), ("beta", pa.float64()), ("boundary_term", pa.float64()), ("bound", pa.float64()),
-        ("estimator", pa.string()), ("nodes", pa.int32()), ("se_sx", pa.float64()), ("se_sp", pa.float64()),
-    ]),
-    "embeddings": pa.schema([
-        ("trial", pa.string()), ("epoch", pa.int32()), ("kind", pa.string()), ("point", pa.int32()),
-        ("label", pa.int32()), ("pred", pa.int32()), ("confidence", pa.float32()),
-        ("coords", pa.list_(pa.float32())),
-    ]),
+    name: pa.schema([(c.name, _ARROW[c.type]) for c in dataset.columns]) for name, dataset in schema.DATASETS.items()
+}
+SCHEMAS_IN_FILES = {
+    name: pa.schema([(c.name, _ARROW[c.type]) for c in dataset.stored]) for name, dataset in schema.DATASETS.items()
 }
 
-SCHEMAS_IN_FILES = {table: schema.remove(schema.get_field_index("trial")) for table, schema in SCHEMAS.items()}
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _EPOCH = re.compile(r"epoch-(\d+)\.parquet$")
 _EPOCH_PT = re.compile(r"epoch-(\d+)\.pt$")
 
@@ -99,13 +82,6 @@ def _trial_of(path: str) -> str | None:
     """The trial of a dataset file `<table>/trial=<name>/epoch-N.parquet`, else None."""
     folder = path.split("/")[-2]
     return folder[len(PARTITION):] if folder.startswith(PARTITION) else None
-
-
-def check_name(name: str) -> str:
-    """A trial or run name must be one plain path component."""
-    if not _NAME.match(name) or name in (".", ".."):
-        raise UserError(f"name {name!r} is not allowed: use letters, digits, '.', '_' and '-' only (no '/' or '..')")
-    return name
 
 
 class RunStore:
@@ -261,34 +237,40 @@ class RunStore:
         self._manifest = manifest
 
     # -- results ------------------------------------------------------------------
-    def write_epoch(self, config: TrialConfig, result: EpochResult, tables: Iterable[str] = TABLES) -> None:
-        """Write the epoch's tables (all three, or the ones named), each replacing any earlier file of that epoch.
+    def write_epoch(
+        self, trial: str, epoch: int, frames: Mapping[str, pd.DataFrame | None], *, config: dict,
+        tables: Iterable[str] = TABLES,
+    ) -> None:
+        """Write an epoch's datasets (all of `frames`, or the ones named in `tables`), each replacing any
+        earlier file of that epoch. A frame holds its dataset's columns but `trial`, which the partition
+        folder gives; None (embeddings of a trial that keeps no Fig. 1 points) writes nothing.
 
         `epochs` goes last: its file marks the epoch as written (`epochs_written`, and so
-        `sweep.last_written`), so a stop between files leaves the epoch to be measured again.
+        `local.last_written`), so a stop between files leaves the epoch to be measured again.
+        `config` (the trial's flat config) goes into every file's metadata with the run's
+        id and provenance.
         """
         wanted = set(tables)
-        name = check_name(config.name)
+        name = check_name(trial)
         manifest = self.manifest()  # cached; run_id needs it too
         meta = {
-            b"raysweep.trial": json.dumps(asdict(config)).encode(),
+            b"raysweep.trial": json.dumps(config).encode(),
             b"raysweep.run": (self.run_id or "").encode(),
             b"raysweep.provenance": json.dumps({k: manifest.get(k) for k in PROVENANCE}, default=str).encode(),
         }
-        frames = {
-            "packets": pd.DataFrame(result.packets),
-            "embeddings": pd.DataFrame(result.embeddings) if result.embeddings else None,
-            "epochs": pd.DataFrame(result.metrics).assign(arch=config.arch, dataset=config.dataset, seed=config.seed),
-        }
-        for table, frame in frames.items():
+        for table in sorted(frames, key=lambda t: t == "epochs"):
+            frame = frames[table]
             if frame is None or table not in wanted:
                 continue
-            # trial is the partition folder, not a column of the file; NaN (a constant feature's packet) is null
-            schema = SCHEMAS_IN_FILES[table].with_metadata(meta)
-            arrow = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+            # NaN (a constant feature's packet) becomes null
+            file_schema = SCHEMAS_IN_FILES[table].with_metadata(meta)
+            missing = [c for c in file_schema.names if c not in frame.columns]
+            if missing:
+                raise ValueError(f"{table} rows lack the columns {missing} of raysweep.schema")
+            arrow = pa.Table.from_pandas(frame[file_schema.names], schema=file_schema, preserve_index=False)
             sink = pa.BufferOutputStream()
             pq.write_table(arrow, sink)
-            self._write_bytes(self._epoch_path(table, name, result.epoch, "parquet"), sink.getvalue().to_pybytes())
+            self._write_bytes(self._epoch_path(table, name, epoch, "parquet"), sink.getvalue().to_pybytes())
 
     def read(self, table: str) -> pd.DataFrame:
         """One dataset as a DataFrame with the contract's columns (empty if nothing is written yet).
@@ -296,28 +278,27 @@ class RunStore:
         Raises UserError if the files lack contract columns (not written by this raysweep).
         """
         base = f"{self.root}/{table}"
-        schema = SCHEMAS[table]
+        arrow_schema = SCHEMAS[table]
         if self.fs.get_file_info(base).type != pafs.FileType.Directory:
-            return schema.empty_table().to_pandas()
+            return arrow_schema.empty_table().to_pandas()
         self.check_layout(table)
         try:
             dataset = ds.dataset(base, filesystem=self.fs, format="parquet", partitioning="hive")
-            table_data = dataset.to_table(columns=[c for c in schema.names if c in dataset.schema.names])
+            table_data = dataset.to_table(columns=[c for c in arrow_schema.names if c in dataset.schema.names])
         except (pa.ArrowInvalid, OSError) as exc:
             bad = self.damaged(table) or [base]
             raise UserError(
                 f"{bad[0]} is truncated or corrupt ({str(exc).splitlines()[0][:120]}): `raysweep resume {self.uri}` "
                 f"recomputes its epoch ({len(bad)} damaged file(s) in {table}/; `raysweep status` lists them all)"
             ) from None
-        missing = [c for c in schema.names if c not in dataset.schema.names]
+        missing = [c for c in arrow_schema.names if c not in dataset.schema.names]
         if missing:
             raise UserError(
                 f"{self.uri}/{table} lacks the columns {', '.join(missing)}: it was not written by this raysweep; "
                 "re-run it or point at another run"
             )
-        frame = table_data.select(schema.names).cast(schema).to_pandas()  # the partition's dictionary -> string
-        keys = [c for c in ("trial", "epoch", "space", "attack", "class", "dim", "kind", "point") if c in frame]
-        return frame.sort_values(keys).reset_index(drop=True)
+        frame = table_data.select(arrow_schema.names).cast(arrow_schema).to_pandas()  # the partition's dictionary -> string
+        return frame.sort_values(list(schema.DATASETS[table].keys)).reset_index(drop=True)
 
     def check_layout(self, table: str) -> None:
         """Refuse, in one line, a dataset in the layout of raysweep before the trial=<name> partitions."""
@@ -356,15 +337,15 @@ class RunStore:
         selector = pafs.FileSelector(f"{self.root}/{table}/{PARTITION}{check_name(trial)}", allow_not_found=True)
         return sorted(int(m.group(1)) for f in self.fs.get_file_info(selector) if (m := _EPOCH.search(f.path)))
 
-    def damaged_epochs(self, config: TrialConfig, *, deep: bool = True) -> dict[int, dict[str, str]]:
+    def damaged_epochs(self, trial: str, *, embeddings: bool, deep: bool = True) -> dict[int, dict[str, str]]:
         """Epochs up to the trial's last written one that must be recomputed: per epoch, each damaged
         table with the reason (so that `resume` rewrites those files and no others).
 
         A file is damaged when it does not read (see `damaged`), or when a required file
-        (or, if the trial draws Fig. 1 points, its embeddings file) is missing.
+        (or, with `embeddings` (the trial keeps Fig. 1 points), its embeddings file) is missing.
         """
-        name = check_name(config.name)
-        required = REQUIRED + (("embeddings",) if config.embed_points and config.attack_list else ())
+        name = check_name(trial)
+        required = REQUIRED + (("embeddings",) if embeddings else ())
         written = {table: set(self.epochs_written(name, table)) for table in TABLES}
         last = max((max(e) for e in written.values() if e), default=0)
         problems: dict[int, dict[str, str]] = {}

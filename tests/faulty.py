@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from raysweep import models
+from raysweep.core import models
 
 
 class _Conv3(models.Net):

@@ -1,5 +1,5 @@
 """Independent oracles for packet statistics: SPEC 1.2's formulas by scipy's adaptive quadrature,
-on losses and slopes from float64 reverse-mode autograd, sharing no code with raysweep.packets."""
+on losses and slopes from float64 reverse-mode autograd, sharing no code with raysweep.core.packets."""
 
 from __future__ import annotations
 

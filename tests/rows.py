@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from raysweep import sweep
-from raysweep.config import resolve
+from raysweep.run import local
+from raysweep.run.presets import resolve
 from raysweep.store import RunStore
 
 KEYS = {"packets": ["trial", "epoch", "space", "class", "dim"], "epochs": ["trial", "epoch", "space", "attack"]}
@@ -17,7 +17,7 @@ def undisturbed(tmp_path: Path, overrides: dict[str, str]) -> RunStore:
     """The smoke preset with `overrides`, run in-process from start to end, in tmp_path/undisturbed."""
     store = RunStore(str(tmp_path / "undisturbed"))
     store.create({})
-    sweep.run_trials(store, resolve("smoke", overrides).trials(), progress=lambda line: None)
+    local.run_trials(store, resolve("smoke", overrides).trials(), progress=lambda line: None)
     return store
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raysweep.aggregates import headline, spreads
+from raysweep.analysis.aggregates import headline, spreads
 
 
 def packets_frame() -> pd.DataFrame:
@@ -40,11 +40,21 @@ def test_pairs_without_a_packet_are_left_out_and_counted() -> None:
     assert np.isfinite(feature.DX).all()
 
 
-def test_headline_has_class_8_and_the_class_mean() -> None:
-    frame = packets_frame()
+def test_headline_is_class_8_on_mnist_style_data_and_the_class_mean_on_cifar10() -> None:
+    one = packets_frame()
+    frame = pd.concat([one.assign(dataset="digits"), one.assign(trial="c", dataset="cifar10")], ignore_index=True)
     out = headline(frame).set_index(["trial", "epoch", "space"])
-    per_class = spreads(frame)
-    mean = per_class[(per_class.epoch == 1) & (per_class.space == "feature")].DX.mean()
-    assert out.loc[("t", 1, "feature"), "DX_mean"] == pytest.approx(mean)
-    c8 = per_class[(per_class.epoch == 1) & (per_class.space == "feature") & (per_class["class"] == 8)].DP.item()
-    assert out.loc[("t", 1, "feature"), "DP_class8"] == pytest.approx(c8)
+    per_class = spreads(one)
+    feature = per_class[(per_class.epoch == 1) & (per_class.space == "feature")]
+    mean_dx, c8_dp = feature.DX.mean(), feature[feature["class"] == 8].DP.item()
+    digits, cifar = out.loc[("t", 1, "feature")], out.loc[("c", 1, "feature")]
+    assert digits["DX_mean"] == pytest.approx(mean_dx) and digits["DP_class8"] == pytest.approx(c8_dp)
+    assert digits["DP"] == pytest.approx(c8_dp) and digits["label"] == "class 8"
+    assert cifar["DX"] == pytest.approx(mean_dx) and cifar["label"] == "mean over classes"
+
+
+def test_headline_refuses_a_trial_name_of_two_datasets() -> None:
+    one = packets_frame()
+    frame = pd.concat([one.assign(dataset="digits"), one.assign(dataset="cifar10")], ignore_index=True)
+    with pytest.raises(ValueError, match="one run at a time"):
+        headline(frame)

@@ -11,7 +11,7 @@ PROBE = """
 import sys
 from pathlib import Path
 import torch
-from raysweep import allocator
+from raysweep.run import allocator
 
 def resident_mib():
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS:"))

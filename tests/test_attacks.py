@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from raysweep import models
-from raysweep.attacks import ATTACKS, Attack, accuracy, fgsm, parse_attack, pgd, robust_accuracy
+from raysweep.core import models
+from raysweep.attacks import Attack, accuracy, fgsm, parse_attack, perturb, pgd, robust_accuracy
+from raysweep.choices import ATTACKS
 from raysweep.errors import UserError
 
 SHAPE = (1, 4, 5)  # one input of the linear test models: 20 pixels
@@ -291,16 +292,14 @@ def test_scaled_multiplies_eps_and_alpha() -> None:
         Attack.fgsm(0.1).scaled(0.0)
 
 
-def test_attack_run_dispatches_to_pgd_and_fgsm() -> None:
+def test_perturb_dispatches_to_pgd_and_fgsm() -> None:
     lo, hi = _box()
     model, x, y = _bn_model(), _inside(lo, hi), _labels()
-    got_pgd = Attack("pgd", EPS, 0.01, 3).run(
-        model, x, y, lo=lo, hi=hi, generator=torch.Generator().manual_seed(5)
-    )
+    got_pgd = perturb(Attack("pgd", EPS, 0.01, 3), model, x, y, lo=lo, hi=hi, generator=torch.Generator().manual_seed(5))
     expected_pgd = pgd(
         model, x, y, eps=EPS, alpha=0.01, steps=3, lo=lo, hi=hi,
         generator=torch.Generator().manual_seed(5),
     )
     assert torch.equal(got_pgd, expected_pgd)
-    got_fgsm = Attack.fgsm(EPS).run(model, x, y, lo=lo, hi=hi)
+    got_fgsm = perturb(Attack.fgsm(EPS), model, x, y, lo=lo, hi=hi)
     assert torch.equal(got_fgsm, fgsm(model, x, y, eps=EPS, lo=lo, hi=hi))

@@ -31,14 +31,14 @@ def test_run_then_status_then_resume(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_resume_after_an_interrupted_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
-    from raysweep import sweep
-    from raysweep.config import resolve
+    from raysweep.run import local
+    from raysweep.run.presets import resolve
     from raysweep.store import RunStore
 
     trials = resolve("smoke", {"epochs": "3", "limit_train": "96", "limit_test": "32", "estimator": "mc", "nodes": "8", "replicates": "2"}).trials()
     straight = RunStore(str(tmp_path / "straight"))
     straight.create({})
-    sweep.run_trials(straight, trials, progress=lambda line: None)
+    local.run_trials(straight, trials, progress=lambda line: None)
 
     def stop_after_first(line: str) -> None:
         if "epoch 1/3" in line:
@@ -47,9 +47,9 @@ def test_resume_after_an_interrupted_run_loses_and_doubles_nothing(tmp_path: Pat
     broken = RunStore(str(tmp_path / "broken"))
     broken.create({})
     with pytest.raises(KeyboardInterrupt):
-        sweep.run_trials(broken, trials, progress=stop_after_first)
+        local.run_trials(broken, trials, progress=stop_after_first)
     assert broken.epochs_written(trials[0].name) == [1]
-    sweep.run_trials(broken, trials, progress=lambda line: None)
+    local.run_trials(broken, trials, progress=lambda line: None)
     keys = ["trial", "epoch", "space", "class", "dim"]
     a, b = straight.read("packets"), broken.read("packets")
     assert not b.duplicated(keys).any()
@@ -81,7 +81,7 @@ BAD_INPUT = [
     (["run", "attacks=pgd:eps=-1,alpha=1,steps=1"], "attack eps must be a finite number >= 0, got -1.0"),
     (["run", "attacks=pgd:eps=0.1,alpha=0.01,steps=-5"], "attack steps must be an integer >= 1, got -5"),
     (["run", "epochs"], "override 'epochs' is not key=value, e.g. epochs=10"),
-    (["run", "epoch=3"], "unknown key 'epoch' in 'epoch=3'; valid keys: arch, dataset, seed"),
+    (["run", "epoch=3"], "unknown key 'epoch' in 'epoch=3' (did you mean epochs?); valid keys: arch, dataset, seed"),
     (["run", "epochs=-1"], "epochs=-1: must be at least 1"),
     (["run", "seed=a"], "seed='a' is not a valid int: give a whole number"),
     (["run", "seed=-1"], "seed=-1: must be 0 or more"),
@@ -89,7 +89,8 @@ BAD_INPUT = [
     (["run", "estimator=simpson"], "estimator='simpson': use one of auto, piecewise, gauss, mc"),
     (["run", "precision=fp16"], "precision='fp16': use one of auto, float32, bf16"),
     (["run", "estimator=mc", "replicates=3"], "the standard errors need replicates >= 2 that divide nodes"),
-    (["run", "spaces=color"], "spaces='color': use a comma list of pixel, feature"),
+    (["run", "spaces=color"], "spaces='color': use a comma list of pixel, feature, each once"),
+    (["run", "spaces="], "spaces= is empty: give at least one space, e.g. spaces=pixel,feature"),
     (["run", "dims=100000"], "dims=100000 but the pixel space has only 784 dimensions: use dims=784 or dims=all"),
     (["run", "dataset=mnist", "download=false", "data_root={tmp}/empty"], "or pass data_root=DIR"),
     (["run", "arch=cifar_conv4"], "arch=cifar_conv4 (it expects 3x32x32) does not fit dataset=digits"),
@@ -110,7 +111,8 @@ BAD_INPUT = [
     (["figures", "{tmp}/run", "--epochs", "a,b"], "--epochs 'a,b': give comma-separated epoch numbers, e.g. 1,21,41"),
     # issue 13: caught where they are parsed, before data loads or Ray starts
     (["run", "attacks="], "attacks= is empty: give at least one attack, e.g. attacks=pgd:eps=8/255,alpha=2/255,steps=4"),
-    (["run", "seed=0,0"], "the grid holds trial mnist_conv3-digits-s0 twice: give each seed, and each (arch, dataset) pair, once"),
+    (["run", "seed=0,0"], "seed=0,0 lists a seed twice: give each seed once"),
+    (["run", "dataset=digits,digits"], "the grid holds trial mnist_conv3-digits-s0 twice: give each (arch, dataset) pair once"),
     (["run", "loss_clip=-1"], "loss_clip=-1.0: the loss is clipped at a positive constant, e.g. loss_clip=5"),
     (["run", "weight_decay=-1"], "weight_decay=-1.0: must be 0 or more"),
     (["run", "device=gpu"], "device='gpu': use auto, cpu, cuda or cuda:N"),
@@ -119,6 +121,7 @@ BAD_INPUT = [
     (["run", "--executor", "local", "--out", "{tmp}/afile/run"], "cannot be created ("),
     (["run", "--executor", "local", "--out", "{tmp}/" + "x" * 300], "cannot be created ("),
     (["figures", "{tmp}/run"], "no epoch has finished yet, so there is nothing to draw"),
+    (["figures", "{tmp}/done", "--epochs", "1,99"], "--epochs 1,99: the run has no epoch 99 (epochs 1-3 are there)"),
 ]
 
 
@@ -134,7 +137,14 @@ def bad_input_scene(tmp_path: Path) -> Path:
 
     from raysweep.store import RunStore
 
+    from raysweep import schema
+
     (tmp_path / "afile").write_text("not a directory")
+    done = RunStore(str(tmp_path / "done"))
+    done.create({"trials": {}})
+    row = {c.name: {"string": "x", "float32": 0.5, "float64": 0.5}.get(c.type, 1) for c in schema.EPOCHS.stored}
+    for epoch in (1, 2, 3):
+        done.write_epoch("t", epoch, {"epochs": pd.DataFrame([{**row, "epoch": epoch}])}, config={})
     RunStore(str(tmp_path / "run")).create({"trials": {}})
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "mine.txt").write_text("mine")
@@ -201,13 +211,13 @@ def test_jobs_entry_point_smoke_test_runs(tmp_path: Path) -> None:
 def test_local_ray_dashboard_binds_to_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
-    from raysweep import raycluster
+    from raysweep.run.ray import cluster
 
     seen: dict = {}
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(kwargs))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    raycluster.connect()
+    cluster.connect()
     # "local": a new Ray of our own, never a cluster named by an address file a dead head left behind
     assert seen["dashboard_host"] == "127.0.0.1" and seen["address"] == "local"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import ray
 
-from raysweep import tuner
+from raysweep.run.ray import tuner
 from raysweep.cli import main
-from raysweep.config import resolve
+from raysweep.run.presets import resolve
 from raysweep.errors import UserError
 from raysweep.store import RunStore
 from rayprocs import BIN, ROOT

@@ -4,29 +4,30 @@ from __future__ import annotations
 
 import pytest
 
-from raysweep.config import PRESETS, TrialConfig, parse_overrides, resolve
+from raysweep.run.config import parse_overrides, trial_config
+from raysweep.run.presets import PRESETS, resolve
 from raysweep.errors import UserError
 
 
 def test_demo_preset_is_one_digits_trial() -> None:
     (trial,) = resolve("demo", {}).trials()
-    assert (trial.arch, trial.dataset, trial.seed) == ("mnist_conv3", "digits", 0)
-    assert trial.epochs == int(PRESETS["demo"]["epochs"])
+    assert (trial.arch, trial.data.dataset, trial.seed) == ("mnist_conv3", "digits", 0)
+    assert trial.train.epochs == int(PRESETS["demo"]["epochs"])
 
 
 def test_overrides_apply_on_top_of_a_preset() -> None:
     overrides = parse_overrides(["dataset=mnist", "data_root=/data/mnist", "epochs=15"])
     (trial,) = resolve("demo", overrides).trials()
-    assert (trial.arch, trial.dataset, trial.data_root, trial.epochs) == ("mnist_conv3", "mnist", "/data/mnist", 15)
-    assert trial.dims == int(PRESETS["demo"]["dims"])  # untouched preset value survives
+    assert (trial.arch, trial.data.dataset, trial.data.data_root, trial.train.epochs) == ("mnist_conv3", "mnist", "/data/mnist", 15)
+    assert trial.packets.dims == int(PRESETS["demo"]["dims"])  # untouched preset value survives
 
 
 def test_paper_preset_pairs_architectures_with_datasets() -> None:
     trials = resolve("paper", {}).trials()
-    assert [(t.arch, t.dataset) for t in trials] == [
+    assert [(t.arch, t.data.dataset) for t in trials] == [
         ("mnist_conv3", "mnist"), ("cifar_conv4", "cifar10"), ("resnet9", "cifar10")
     ]
-    assert all(t.epochs == 50 and t.dims is None for t in trials)
+    assert all(t.train.epochs == 50 and t.packets.dims is None for t in trials)
 
 
 def test_seeds_multiply_the_grid_and_names_are_unique() -> None:
@@ -37,16 +38,16 @@ def test_seeds_multiply_the_grid_and_names_are_unique() -> None:
 
 def test_single_value_pairs_with_every_entry_of_the_other() -> None:
     trials = resolve("demo", parse_overrides(["dataset=digits,synthetic"])).trials()
-    assert [(t.arch, t.dataset) for t in trials] == [("mnist_conv3", "digits"), ("mnist_conv3", "synthetic")]
+    assert [(t.arch, t.data.dataset) for t in trials] == [("mnist_conv3", "digits"), ("mnist_conv3", "synthetic")]
 
 
 def test_values_are_typed_by_field() -> None:
     (trial,) = resolve("demo", parse_overrides(["dims=all", "loss_clip=5", "download=false", "lr=0.01"])).trials()
-    assert trial.dims is None and trial.loss_clip == 5.0 and trial.download is False and trial.lr == 0.01
+    assert trial.packets.dims is None and trial.packets.loss_clip == 5.0 and trial.data.download is False and trial.train.lr == 0.01
 
 
 def test_trial_name_is_one_safe_path_component() -> None:
-    assert TrialConfig(arch="pkg.mod:Net", dataset="synthetic:3x8x8").name == "pkg.mod_Net-synthetic_3x8x8-s0"
+    assert trial_config(arch="pkg.mod:Net", dataset="synthetic:3x8x8").name == "pkg.mod_Net-synthetic_3x8x8-s0"
 
 
 @pytest.mark.parametrize(
@@ -54,7 +55,7 @@ def test_trial_name_is_one_safe_path_component() -> None:
     [
         (["epochs"], "not key=value"),
         (["=3"], "not key=value"),
-        (["epoch=3"], "unknown key 'epoch'.*valid keys: arch, dataset, seed"),
+        (["epoch=3"], r"unknown key 'epoch'.*\(did you mean epochs\?\); valid keys: arch, dataset, seed"),
     ],
 )
 def test_malformed_overrides_name_the_fix(items: list[str], match: str) -> None:

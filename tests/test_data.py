@@ -1,4 +1,4 @@
-"""Tests for raysweep.data: dataset loading from every supported layout, and augment."""
+"""Tests for raysweep.core.data: dataset loading from every supported layout, and augment."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 import torchvision
 
 from datafiles import write_idx_dataset
-from raysweep import data
+from raysweep.core import data
 from raysweep.errors import UserError
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"

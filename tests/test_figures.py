@@ -8,11 +8,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from raysweep import figures, report, sweep, tradeoff
+from raysweep.analysis import tradeoff
+from raysweep.scripts import fig2, report
+from raysweep.run import local
 from raysweep.cli import main
-from raysweep.config import MNIST_PGD, PAPER_PGD, resolve
+from raysweep.core.threat import MNIST_PGD, PAPER_PGD
+from raysweep.run.config import record
+from raysweep.run.presets import resolve
 from raysweep.errors import UserError
-from raysweep.results import load
+from raysweep.analysis.results import load
 from raysweep.store import RunStore
 
 # Two attacks whose configured order (8/255 first, as in the paper preset) is not their alphabetical one.
@@ -25,8 +29,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("runs") / "tiny"
     store = RunStore(str(path))
     trials = resolve("smoke", OVERRIDES).trials()
-    store.create({"trials": {t.name: t.__dict__ for t in trials}})
-    sweep.run_trials(store, trials, progress=lambda line: None)
+    store.create({"trials": {t.name: record(t) for t in trials}})
+    local.run_trials(store, trials, progress=lambda line: None)
     return path
 
 
@@ -56,7 +60,7 @@ def test_the_report_gives_a_verdict_per_attack_in_the_configured_order(run_dir: 
 
 
 def test_svg_format_is_available(run_dir: Path, tmp_path: Path) -> None:
-    paths = figures.fig2(load([str(run_dir)]), tmp_path, "svg")
+    paths = fig2.draw(load([str(run_dir)]), tmp_path, "svg")
     assert paths and all(p.suffix == ".svg" and p.read_text().lstrip().startswith("<?xml") for p in paths)
 
 
@@ -101,7 +105,7 @@ def test_pair_fractions_count_the_bounds(run_dir: Path) -> None:
 def test_partial_runs_are_drawn_with_a_note(run_dir: Path, tmp_path: Path) -> None:
     store = RunStore(str(tmp_path / "partial"))
     trials = resolve("smoke", {**OVERRIDES, "seed": "0", "epochs": "9"}).trials()
-    store.create({"trials": {t.name: {**t.__dict__} for t in trials}})
+    store.create({"trials": {t.name: record(t) for t in trials}})
     for table in ("epochs", "packets", "embeddings"):
         source = run_dir / table / "trial=mnist_conv3-synthetic-s0"
         target = tmp_path / "partial" / table / "trial=mnist_conv3-synthetic-s0"
@@ -113,7 +117,7 @@ def test_partial_runs_are_drawn_with_a_note(run_dir: Path, tmp_path: Path) -> No
     assert set(results.epochs["run"]) == {"partial", "tiny"}
     paths = report.write(results, tmp_path / "out")
     assert "**Incomplete:**" in (tmp_path / "out" / "report.md").read_text()
-    assert figures.fig2(results, tmp_path / "out") and paths
+    assert fig2.draw(results, tmp_path / "out") and paths
 
 
 def test_not_a_run_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,4 @@
-"""Built-in architectures and the import-path plugin contract of raysweep.models."""
+"""Built-in architectures and the import-path plugin contract of raysweep.core.models."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from raysweep import models
+from raysweep.core import models
 from raysweep.errors import UserError
 
 FEATURE_SIZES = {"mnist_conv3": 2304, "cifar_conv4": 256, "resnet9": 8192}

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from raysweep import quadrature
+from raysweep.core import quadrature
 from oracles import moments_of, reverse_mode
-from raysweep.packets import PacketStats, line_losses, loss_and_slope, moments, packet_stats
+from raysweep.core.lines import PacketStats, line_losses, loss_and_slope, moments
+from raysweep.core.packets import packet_stats
 
 SHAPE = (1, 5, 5)
 DIMS = [0, 7, 12, 18, 24]

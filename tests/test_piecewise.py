@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from raysweep import models
-from raysweep.packets import packet_stats
-from raysweep.piecewise import pattern_changes, walk
+from raysweep.core import models
+from raysweep.core.packets import packet_stats
+from raysweep.core.piecewise import pattern_changes, walk
 
 FIELDS = ("sx", "sp", "mean_x", "mean_p", "beta", "boundary_term")
 

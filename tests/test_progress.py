@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from raysweep import progress
+from raysweep.run import progress
 from raysweep.store import RunStore
 
 

@@ -14,9 +14,9 @@ import pytest
 import ray
 import torch
 
-from raysweep import tuner
+from raysweep.run.ray import tuner
 from raysweep.cli import main
-from raysweep.config import resolve
+from raysweep.run.presets import resolve
 from raysweep.store import RunStore
 from rows import assert_same_rows, undisturbed
 
@@ -144,9 +144,9 @@ OUTSIDER = """
 import os, subprocess, sys
 import ray
 from ray._private.authentication.authentication_utils import is_token_auth_enabled
-from raysweep import raycluster
+from raysweep.run.ray import cluster
 
-raycluster.connect(num_cpus=1)
+cluster.connect(num_cpus=1)
 print("token auth enabled:", is_token_auth_enabled())
 join = "import ray; ray.init(address=%r); print('JOINED')" % ray.get_runtime_context().gcs_address
 home = sys.argv[1]  # no ~/.ray/auth_token there: a process of another user on the network

@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from raysweep import data, models, train
-from raysweep.packets import packet_stats
+from raysweep.core import data, models, train
+from raysweep.core.packets import packet_stats
 from oracles import moments_of, reverse_mode
 
 FIELDS = ("sx", "sp", "mean_x", "mean_p", "boundary_term")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from raysweep.cli import main
-from raysweep.config import trial_configs
+from raysweep.run.config import trial_configs
 from raysweep.store import RunStore
 
 RUN = ["run", "--preset", "smoke", "--executor", "local", "epochs=4", "threads=1", "limit_train=96", "limit_test=32"]
@@ -128,7 +128,7 @@ def test_a_lost_manifest_is_named_and_rebuilt_from_the_parquet_metadata(
 def test_a_stop_between_writing_an_epoch_and_its_checkpoint_does_not_measure_it_again(
     finished: Path, tmp_path: Path
 ) -> None:
-    from raysweep import sweep
+    from raysweep.run import local
 
     store = RunStore(str(tmp_path / "run"))
     store.create({"run_id": "stopped"})
@@ -139,11 +139,11 @@ def test_a_stop_between_writing_an_epoch_and_its_checkpoint_does_not_measure_it_
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        sweep.run_trials(store, trials, progress=stop_after_epoch_2)
+        local.run_trials(store, trials, progress=stop_after_epoch_2)
     run = Path(store.root)
     (run / "checkpoints" / TRIAL / "epoch-0002.pt").unlink()  # as if stopped right after epoch 2's files
     before = files(run)
-    sweep.run_trials(store, trials, progress=lambda line: None)
+    local.run_trials(store, trials, progress=lambda line: None)
     after = files(run)
     assert all(after[k] == v for k, v in before.items() if k.endswith(".parquet"))  # epochs 1, 2 kept as written
     for table, frame in frames(finished).items():
@@ -154,7 +154,7 @@ def test_a_stop_between_an_epochs_files_measures_that_epoch_again(
     finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker killed while it writes an epoch's tables: the restart must not take the epoch as written."""
-    from raysweep import sweep
+    from raysweep.run import local
 
     store = RunStore(str(tmp_path / "run"))
     store.create({"run_id": "stopped"})
@@ -171,9 +171,9 @@ def test_a_stop_between_an_epochs_files_measures_that_epoch_again(
 
     monkeypatch.setattr(RunStore, "_write_bytes", stop_before_epoch_2s_last_table)
     with pytest.raises(KeyboardInterrupt):
-        sweep.run_trials(store, trials, progress=lambda line: None)
+        local.run_trials(store, trials, progress=lambda line: None)
     monkeypatch.setattr(RunStore, "_write_bytes", write)
-    sweep.run_trials(store, trials, progress=lambda line: None)
+    local.run_trials(store, trials, progress=lambda line: None)
     for table, frame in frames(finished).items():
         pd.testing.assert_frame_equal(frame, frames(Path(store.root))[table], check_exact=True)
 

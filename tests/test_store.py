@@ -9,12 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-from raysweep.config import TrialConfig
+from raysweep.run.config import record, trial_config
 from raysweep.errors import UserError
-from raysweep.store import SCHEMAS, RunStore, check_name
-from raysweep.trial import Trial
+from raysweep.choices import check_name
+from raysweep.run.local import write_epoch
+from raysweep.store import SCHEMAS, RunStore
+from raysweep.core.trial import Trial
 
-CONFIG = TrialConfig(dataset="synthetic", epochs=2, dims=3, nodes=4, head_epochs=1, embed_points=8, limit_train=128, limit_test=32)
+CONFIG = trial_config(dataset="synthetic", epochs=2, dims=3, nodes=4, head_epochs=1, embed_points=8, limit_train=128, limit_test=32)
 
 
 @pytest.fixture
@@ -27,7 +29,7 @@ def store(tmp_path: Path) -> RunStore:
 def test_epochs_written_are_readable_with_the_contract_columns(store: RunStore) -> None:
     trial = Trial(CONFIG)
     for _ in range(2):
-        store.write_epoch(CONFIG, trial.run_epoch())
+        write_epoch(store, CONFIG, trial.run_epoch())
     for table in ("epochs", "packets", "embeddings"):
         frame = pd.read_parquet(Path(store.root) / table)
         assert sorted(frame.columns) == sorted(SCHEMAS[table].names)  # trial comes last, from the partition
@@ -39,15 +41,15 @@ def test_epochs_written_are_readable_with_the_contract_columns(store: RunStore) 
 def test_rewriting_an_epoch_replaces_its_rows(store: RunStore) -> None:
     trial = Trial(CONFIG)
     result = trial.run_epoch()
-    store.write_epoch(CONFIG, result)
-    store.write_epoch(CONFIG, result)
+    write_epoch(store, CONFIG, result)
+    write_epoch(store, CONFIG, result)
     packets = store.read("packets")
     assert len(packets) == 2 * 3 * 10
     assert not packets.duplicated(["trial", "epoch", "space", "class", "dim"]).any()
 
 
 def test_leftover_temporary_files_are_not_read(store: RunStore) -> None:
-    store.write_epoch(CONFIG, Trial(CONFIG).run_epoch())
+    write_epoch(store, CONFIG, Trial(CONFIG).run_epoch())
     (Path(store.root) / ".tmp" / "epoch-0002.parquet.dead").write_bytes(b"half a file")  # a writer that died
     assert store.read("packets")["epoch"].unique().tolist() == [1]
 
@@ -71,7 +73,7 @@ def test_files_are_written_outside_the_dataset_folders_and_moved_in(store: RunSt
             self.fs.move(src, dst)
 
     monkeypatch.setattr(store, "fs", Watching(store.fs))
-    store.write_epoch(CONFIG, Trial(CONFIG).run_epoch())
+    write_epoch(store, CONFIG, Trial(CONFIG).run_epoch())
     assert len(seen) == 3
     for src, files in seen:
         assert src.startswith(f"{store.root}/.tmp/")
@@ -83,7 +85,7 @@ def test_datasets_are_hive_partitioned_by_trial_with_the_renamed_boundary_term(s
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
-    store.write_epoch(CONFIG, Trial(CONFIG).run_epoch())
+    write_epoch(store, CONFIG, Trial(CONFIG).run_epoch())
     root = Path(store.root)
     path = root / "packets" / f"trial={CONFIG.name}" / "epoch-0001.parquet"
     in_file = pq.read_schema(path)
@@ -120,7 +122,7 @@ def test_a_run_in_the_earlier_layout_is_refused_in_one_line(store: RunStore) -> 
 
 
 def test_files_carry_the_trial_config_in_their_schema_metadata(store: RunStore) -> None:
-    store.write_epoch(CONFIG, Trial(CONFIG).run_epoch())
+    write_epoch(store, CONFIG, Trial(CONFIG).run_epoch())
     import pyarrow.parquet as pq
 
     meta = pq.read_schema(Path(store.root) / "epochs" / f"trial={CONFIG.name}" / "epoch-0001.parquet").metadata
@@ -168,22 +170,22 @@ def test_truncated_file_is_named_by_status_and_readers(store: RunStore, capsys: 
     from raysweep.cli import main
 
     trial = Trial(CONFIG)
-    store.write_epoch(CONFIG, trial.run_epoch())
-    store.write_epoch(CONFIG, trial.run_epoch())
+    write_epoch(store, CONFIG, trial.run_epoch())
+    write_epoch(store, CONFIG, trial.run_epoch())
     victim = Path(store.root) / "packets" / f"trial={CONFIG.name}" / "epoch-0002.parquet"
     victim.write_bytes(victim.read_bytes()[:200])
     assert store.damaged("packets") == [str(victim)] and store.damaged("epochs") == []
     with pytest.raises(UserError, match="epoch-0002.parquet is truncated or corrupt"):
         store.read("packets")
     assert len(store.read("epochs")) > 0  # the other datasets stay readable
-    json.dump({"trials": {CONFIG.name: CONFIG.__dict__}}, open(Path(store.root) / "manifest.json", "w"))
+    json.dump({"trials": {CONFIG.name: record(CONFIG)}}, open(Path(store.root) / "manifest.json", "w"))
     assert main(["status", store.uri]) == 1
     assert f"DAMAGED {victim}" in capsys.readouterr().out
 
 
 def test_manifest_holds_no_environment_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    from raysweep.config import resolve
-    from raysweep.sweep import manifest
+    from raysweep.run.presets import resolve
+    from raysweep.run.provenance import manifest
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value-123")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "another-secret-456")

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from raysweep import data, models, packets, train
+from raysweep.core import data, models, packets, train
 
 
 def _epochs(arch: str, dataset: str, epochs: int, *, precision: str = "float32", channels_last: bool = False) -> tuple[list[float], torch.nn.Module]:

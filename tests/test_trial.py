@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -12,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from raysweep.config import MNIST_PGD, PAPER_PGD, TrialConfig
+from raysweep.core.config import TrialConfig
+from raysweep.core.threat import MNIST_PGD, PAPER_PGD
+from raysweep.run.config import replace, trial_config
 from raysweep.errors import UserError
-from raysweep.trial import EpochResult, Trial
+from raysweep.core.trial import EpochResult, Trial
 
-TINY = TrialConfig(
+TINY = trial_config(
     arch="mnist_conv3", dataset="synthetic", epochs=2, dims=4, nodes=8, head_epochs=1, embed_points=16,
     limit_train=192, limit_test=64, attacks=f"{PAPER_PGD}+{MNIST_PGD}", chunk=3,
 )
@@ -24,7 +25,7 @@ TINY = TrialConfig(
 
 def run(config: TrialConfig) -> list[EpochResult]:
     trial = Trial(config)
-    return [trial.run_epoch() for _ in range(config.epochs)]
+    return [trial.run_epoch() for _ in range(config.train.epochs)]
 
 
 def assert_same_results(left: list[EpochResult], right: list[EpochResult]) -> None:
@@ -75,12 +76,12 @@ def test_dimensions_are_drawn_once_and_reused_every_epoch() -> None:
 
 def test_same_seed_gives_the_same_rows_and_another_seed_does_not() -> None:
     assert_same_results(run(TINY), run(TINY))
-    other = run(dataclasses.replace(TINY, seed=1))
+    other = run(replace(TINY, seed=1))
     assert not np.array_equal(other[0].packets["dim"], run(TINY)[0].packets["dim"])
 
 
 def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run() -> None:
-    config = dataclasses.replace(TINY, estimator="mc", nodes=16, replicates=4)
+    config = replace(TINY, estimator="mc", nodes=16, replicates=4)
     straight = run(config)
     first = Trial(config)
     results = [first.run_epoch()]
@@ -96,8 +97,8 @@ def test_monte_carlo_nodes_are_the_same_in_another_process() -> None:
     # Chunk seeds must not depend on Python's per-process hash salt, or a resumed run or a
     # Ray worker would draw other nodes than the process that started the trial.
     script = (
-        "import dataclasses, sys; sys.path.insert(0, 'tests'); from test_trial import TINY, run; "
-        "r = run(dataclasses.replace(TINY, epochs=1, estimator='mc', nodes=16, replicates=4, spaces='pixel'))[0]; "
+        "import sys; sys.path.insert(0, 'tests'); from test_trial import TINY, replace, run; "
+        "r = run(replace(TINY, epochs=1, estimator='mc', nodes=16, replicates=4, spaces='pixel'))[0]; "
         "print(repr(r.packets['sx'].tolist()))"
     )
     outputs = {
@@ -111,20 +112,20 @@ def test_monte_carlo_nodes_are_the_same_in_another_process() -> None:
 
 
 def test_monte_carlo_rows_carry_standard_errors() -> None:
-    (result, _) = run(dataclasses.replace(TINY, estimator="mc", nodes=16, replicates=4))
+    (result, _) = run(replace(TINY, estimator="mc", nodes=16, replicates=4))
     real = real_pairs(result.packets)
     assert np.all(result.packets["se_sx"][real] > 0) and np.all(np.isfinite(result.packets["se_sp"][real]))
     assert set(result.packets["estimator"]) == {"mc"}
 
 
 def test_pixel_only_runs_skip_the_feature_space() -> None:
-    (result, _) = run(dataclasses.replace(TINY, spaces="pixel"))
+    (result, _) = run(replace(TINY, spaces="pixel"))
     assert {m["space"] for m in result.metrics} == {"pixel"}
     assert set(result.packets["space"]) == {"pixel"}
 
 
 def test_all_dimensions_when_dims_is_unset() -> None:
-    config = dataclasses.replace(
+    config = replace(
         TINY, dataset="synthetic:1x28x28", dims=None, spaces="pixel", epochs=1, estimator="gauss", nodes=4, chunk=None
     )
     (result,) = run(config)
@@ -134,12 +135,12 @@ def test_all_dimensions_when_dims_is_unset() -> None:
 
 def test_more_dims_than_the_space_has_names_the_limit() -> None:
     with pytest.raises(UserError, match="dims=5000 but the pixel space has only 784 dimensions"):
-        Trial(dataclasses.replace(TINY, dims=5000))
+        Trial(replace(TINY, dims=5000))
 
 
 def test_architecture_that_does_not_fit_the_data_names_both() -> None:
     with pytest.raises(UserError, match="arch=cifar_conv4 \\(it expects 3x32x32\\) does not fit dataset=synthetic"):
-        Trial(dataclasses.replace(TINY, arch="cifar_conv4"))
+        Trial(replace(TINY, arch="cifar_conv4"))
 
 
 def test_nan_loss_stops_with_the_epoch_and_stage() -> None:
@@ -153,7 +154,7 @@ def test_nan_loss_stops_with_the_epoch_and_stage() -> None:
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_a_non_finite_packet_value_stops_with_the_epoch_and_stage(value: float) -> None:
-    from raysweep.trial import run_local
+    from raysweep.core.trial import run_local
 
     def overflowing(tasks, on_done):  # a packet task whose loss overflowed in one pair of the feature space
         results = run_local(tasks, on_done)
@@ -169,7 +170,7 @@ def test_a_non_finite_packet_value_stops_with_the_epoch_and_stage(value: float) 
 
 
 def test_an_infinite_training_loss_stops_with_the_epoch_and_stage() -> None:
-    from raysweep import train
+    from raysweep.core import train
 
     model = torch.nn.Linear(4, 2)
     with torch.no_grad():  # finite logits (3e38, -3e38) for label 1: a cross-entropy of 6e38, +inf in float32
@@ -183,11 +184,11 @@ def test_an_infinite_training_loss_stops_with_the_epoch_and_stage() -> None:
 
 def test_unknown_attack_is_a_user_error() -> None:
     with pytest.raises(UserError, match="unknown or malformed attack .cw:eps=1.: write it as"):
-        Trial(dataclasses.replace(TINY, attacks="cw:eps=1"))
+        Trial(replace(TINY, attacks="cw:eps=1"))
 
 
 def test_auto_estimator_walks_relu_nets_exactly() -> None:
-    (result, _) = run(dataclasses.replace(TINY, estimator="auto"))
+    (result, _) = run(replace(TINY, estimator="auto"))
     assert set(result.packets["estimator"]) == {"piecewise"}
     real = real_pairs(result.packets)
     p = result.packets
@@ -197,13 +198,13 @@ def test_auto_estimator_walks_relu_nets_exactly() -> None:
 
 def test_unknown_estimator_names_the_choices() -> None:
     with pytest.raises(UserError, match="estimator='simpson': use one of auto, piecewise, gauss, mc"):
-        dataclasses.replace(TINY, estimator="simpson")
+        replace(TINY, estimator="simpson")
 
 
 @pytest.mark.parametrize("units, expected", [(8, "piecewise"), (2048, "gauss")])
 def test_auto_estimator_takes_gauss_where_kinks_are_too_dense_to_walk(units: int, expected: str) -> None:
-    from raysweep import piecewise
-    from raysweep.trial import AUTO_MAX_PIECES, _auto_estimator
+    from raysweep.core import piecewise
+    from raysweep.core.trial import AUTO_MAX_PIECES, _auto_estimator
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, units), torch.nn.ReLU(), torch.nn.Linear(units, 10))
@@ -220,8 +221,8 @@ def test_auto_estimator_takes_gauss_where_kinks_are_too_dense_to_walk(units: int
 
 
 def test_auto_estimator_sees_dense_kinks_without_walking(monkeypatch) -> None:
-    from raysweep import piecewise
-    from raysweep.trial import _auto_estimator
+    from raysweep.core import piecewise
+    from raysweep.core.trial import _auto_estimator
 
     def no_walk(*args, **kwargs):
         raise AssertionError("walked lines whose pattern changes in every gap")
@@ -237,7 +238,7 @@ def test_auto_estimator_sees_dense_kinks_without_walking(monkeypatch) -> None:
 
 
 def test_default_chunk_is_64_dims_on_the_cpu_and_one_task_per_worker_on_a_gpu() -> None:
-    trial = Trial(dataclasses.replace(TINY, chunk=None, workers=3, epochs=1))
+    trial = Trial(replace(TINY, chunk=None, workers=3, epochs=1))
     assert trial._default_chunk(3072) == 64 and len(trial._packet_tasks("pixel", trial.model, trial.x_base, 0.0, 1.0, 1)) == 1
     trial.device = torch.device("cuda")  # only the rule is under test: nothing runs there
     assert trial._default_chunk(3072) == 1024 and trial._default_chunk(3073) == 1025 and trial._default_chunk(0) == 1

@@ -1,13 +1,21 @@
-"""The trade-off report as Markdown, with its numbers as CSV (see `tradeoff` for the statistics)."""
+"""The trade-off report: how ΔX, ΔP and (robust) accuracy move together over epochs, and how often
+the uncertainty relations hold, as Markdown (report.md) with its numbers as CSV.
+
+    python analysis/report.py RUN [RUN ...] [--out DIR]
+
+`raysweep figures` writes it with this code; adapt a copy freely. The statistics
+(Spearman's rho per seed and pooled, the bound fractions) are `raysweep.analysis.tradeoff`.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-from raysweep import tradeoff
-from raysweep.results import Results
+from raysweep.analysis import aggregates, script, tradeoff
+from raysweep.analysis.results import Results
 
 
 def write(results: Results, out: Path) -> list[Path]:
@@ -35,7 +43,7 @@ def markdown(results: Results, corr: pd.DataFrame, pairs: pd.DataFrame) -> str:
         pair_row = pairs[(pairs[tradeoff.GROUP] == list(key)).all(axis=1) & (pairs["scope"] == "all epochs")]
         seeds = results.epochs.query("run == @run and arch == @arch and dataset == @dataset")["seed"].nunique()
         lines += [f"## {arch} on {dataset}, {space} space ({run}; {tradeoff.count(seeds, 'seed')}; "
-                  f"{tradeoff.headline_label(dataset)})", ""]
+                  f"{aggregates.headline_label(dataset)})", ""]
         lines += _bounds(pair_row)
         # One verdict per attack, in the order the run's config lists them: a relation seen under one
         # attack is not stated for the others.
@@ -105,3 +113,11 @@ def _spaces(results: Results, key: tuple, attack: str) -> str:
         f"feature space under {attack}: attacking features is {verdict} effective (the paper says more; the "
         "feature budget is the pixel one times the mean feature range)."
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return script.run(__doc__, lambda results, args: write(results, args.out), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """The sweep on Ray Tune: one trial per (arch, dataset, seed), Tune's checkpoints and retries.
 
-Each Tune trial runs the core's epoch loop (`trial.Trial`); its packet stage fans
-out through `remote.RayRunner` into the trial's own placement group. Per epoch
+Each Tune trial runs the core's epoch loop (`core.trial.Trial`); its packet stage fans
+out through `tasks.RayRunner` into the trial's own placement group. Per epoch
 the trial writes its rows to the run directory, then reports to Tune with a
 checkpoint and its progress line. A trial that dies restarts from its newest
 checkpoint (`FailureConfig(max_failures)`), trains again without measuring any
@@ -19,7 +19,6 @@ trial starts.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import tempfile
@@ -29,13 +28,15 @@ import ray
 import torch
 from ray import tune
 
-from raysweep import progress, raycluster
-from raysweep.config import TrialConfig
+from raysweep.core.config import TrialConfig
+from raysweep.core.trial import EpochResult, Trial
 from raysweep.errors import UserError
-from raysweep.remote import RayRunner, quiet_worker
+from raysweep.run import progress
+from raysweep.run.config import record, trial_config
+from raysweep.run.local import epoch_line, last_written, write_epoch
+from raysweep.run.ray import cluster
+from raysweep.run.ray.tasks import RayRunner, worker_setup
 from raysweep.store import TUNE_FOLDER, CheckpointError, RunStore
-from raysweep.sweep import epoch_line, last_written
-from raysweep.trial import EpochResult, Trial
 
 STATE_FILE = "state.pt"
 MAX_FAILURES = 3  # restarts of a trial from its newest checkpoint
@@ -45,16 +46,16 @@ UNPLACEABLE_GRACE_S = float(os.environ.get("RAYSWEEP_NODE_GRACE_S", "30"))
 
 def bundle_gpus(config: TrialConfig, cluster_has_gpus: bool) -> float:
     """GPU share per bundle: as configured, else one GPU split over the trial and its task bundles."""
-    if config.gpus is not None:
-        return config.gpus
-    return 1 / (config.workers + 1) if cluster_has_gpus else 0.0
+    if config.resources.gpus is not None:
+        return config.resources.gpus
+    return 1 / (config.resources.workers + 1) if cluster_has_gpus else 0.0
 
 
 def bundles(config: TrialConfig, cluster_has_gpus: bool) -> list[dict[str, float]]:
     """The trial's bundle first (Tune runs the trainable there), then one per packet worker."""
     gpus = bundle_gpus(config, cluster_has_gpus)
     bundle = {"CPU": 1.0, **({"GPU": gpus} if gpus else {})}
-    return [bundle] + [dict(bundle) for _ in range(config.workers)]
+    return [bundle] + [dict(bundle) for _ in range(config.resources.workers)]
 
 
 def resources(config: TrialConfig, cluster_has_gpus: bool) -> tune.PlacementGroupFactory:
@@ -63,22 +64,22 @@ def resources(config: TrialConfig, cluster_has_gpus: bool) -> tune.PlacementGrou
 
 def trainable(params: dict) -> None:
     """Tune's function trainable: params = {"trial": TrialConfig fields, "run": run URI, "task_gpus": float}."""
-    quiet_worker()
-    config = TrialConfig(**params["trial"])
+    worker_setup()
+    config = trial_config(**params["trial"])
     # The task bundles idle while the trial trains (it waits on its tasks in the packet stage), so by
     # default training uses every CPU of the trial's placement group, not Ray's one-per-bundle.
-    torch.set_num_threads(config.threads or int(1 + config.workers))
+    torch.set_num_threads(config.resources.threads or int(1 + config.resources.workers))
     store = RunStore(params["run"])
     stages = progress.StageFile(store, config.name, ray.get_runtime_context().get_node_id())
     try:
         last = last_written(store, config)
         trial = Trial.restored(config, _checkpoint_state(store, config.name, last), last)
         # While its tasks run the trial only waits, so its CPU goes to them too.
-        task_threads = config.threads or max(1, (1 + config.workers) // config.workers)
+        task_threads = config.resources.threads or max(1, (1 + config.resources.workers) // config.resources.workers)
         runner = RayRunner(cpus=1, gpus=params["task_gpus"], threads=task_threads, trial=config.name)
         while not trial.done:
-            result = trial.run_epoch(runner, stages.hook(trial.epoch + 1, config.epochs))
-            store.write_epoch(config, result)
+            result = trial.run_epoch(runner, stages.hook(trial.epoch + 1, config.train.epochs))
+            write_epoch(store, config, result)
             with tempfile.TemporaryDirectory() as folder:
                 with open(os.path.join(folder, STATE_FILE), "wb") as f:
                     f.write(store.checkpoint_bytes(config.name, trial.state_dict()))
@@ -143,15 +144,15 @@ class Watch(tune.Callback, tune.Stopper):
         if not pending:
             self._waiting_since.clear()
             return
-        nodes = raycluster.alive_nodes()
+        nodes = cluster.alive_nodes()
         for t in pending:
-            why = raycluster.unplaceable(t.placement_group_factory.bundles, nodes)
+            why = cluster.unplaceable(t.placement_group_factory.bundles, nodes)
             if why is None:
                 self._waiting_since.pop(t.trial_id, None)
                 continue
             since = self._waiting_since.setdefault(t.trial_id, now)
             if now - since >= UNPLACEABLE_GRACE_S and self.reason is None:
-                lost = raycluster.lost_nodes()
+                lost = cluster.lost_nodes()
                 self.reason = f"trial {_name(t)} cannot be placed any more: {why}" + (f"; lost node(s): {lost}" if lost else "")
 
     def stages(self) -> list[progress.Stage]:
@@ -190,18 +191,18 @@ class _Interrupted(logging.Filter):
 
 
 def _trainable_with_resources(trials: list[TrialConfig]):
-    return tune.with_resources(trainable, resources(trials[0], raycluster.has_gpus()))
+    return tune.with_resources(trainable, resources(trials[0], cluster.has_gpus()))
 
 
 def _name(tune_trial) -> str:
-    return TrialConfig(**tune_trial.config["trial"]).name
+    return trial_config(**tune_trial.config["trial"]).name
 
 
 def check_placeable(trials: list[TrialConfig]) -> None:
     """Refuse, before any trial starts, a resource request that no node of the cluster can satisfy."""
-    nodes = raycluster.alive_nodes()
+    nodes = cluster.alive_nodes()
     for config in trials:
-        why = raycluster.unplaceable(bundles(config, raycluster.has_gpus()), nodes)
+        why = cluster.unplaceable(bundles(config, cluster.has_gpus()), nodes)
         if why:
             raise UserError(
                 f"trial {config.name} asks for resources this cluster cannot give: {why}; lower gpus= or workers=, "
@@ -211,12 +212,12 @@ def check_placeable(trials: list[TrialConfig]) -> None:
 
 def run(store: RunStore, trials: list[TrialConfig], *, address: str | None = None, say: progress.Say = print) -> None:
     """Run the grid as Tune trials; raises UserError naming any trial that stopped on bad input."""
-    raycluster.connect(address)
+    cluster.connect(address)
     check_placeable(trials)
     param_space = {
-        "trial": tune.grid_search([dataclasses.asdict(t) for t in trials]),
+        "trial": tune.grid_search([record(t) for t in trials]),
         "run": store.location,
-        "task_gpus": bundle_gpus(trials[0], raycluster.has_gpus()),
+        "task_gpus": bundle_gpus(trials[0], cluster.has_gpus()),
     }
     watch = Watch(store, say)
     tuner = tune.Tuner(
@@ -238,7 +239,7 @@ def run(store: RunStore, trials: list[TrialConfig], *, address: str | None = Non
 
 def resume(store: RunStore, trials: list[TrialConfig], *, address: str | None = None, say: progress.Say = print) -> None:
     """Continue a stopped or crashed Tune run from its newest checkpoints."""
-    raycluster.connect(address)
+    cluster.connect(address)
     check_placeable(trials)
     path = store.child(TUNE_FOLDER)
     if not tune.Tuner.can_restore(path):

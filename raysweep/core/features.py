@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from raysweep import models, train
+from raysweep.core import models, train
 
 
 @dataclass(frozen=True)

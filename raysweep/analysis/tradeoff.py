@@ -14,14 +14,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from raysweep import aggregates
-from raysweep.results import Results
+from raysweep.analysis import aggregates
+from raysweep.analysis.results import Results
 
 GROUP = ["run", "arch", "dataset", "space"]
 PAPER_HALF = 0.5  # the paper's Δx·Δp >= 1/2 (Eq. 18)
 BOUND_TOLERANCE = 1e-6  # the finite-interval bound holds to this (SPEC 1.3)
 FLAT = 0.01  # "nearly flat": sx within 1% of the uniform packet's (b - a)/sqrt(12)
-MEAN_DATASETS = ("cifar10",)  # headline is the class mean here (SPEC 1.4), class 8 elsewhere
 PAIRS = [("DX", "DP"), ("DX", "test_acc"), ("DX", "robust_acc"), ("DP", "test_acc"), ("DP", "robust_acc")]
 
 
@@ -30,24 +29,15 @@ def count(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def headline_label(dataset: str) -> str:
-    return "mean over classes" if dataset in MEAN_DATASETS else "class 8"
-
-
 def spreads_by_epoch(results: Results) -> pd.DataFrame:
     """ΔX, ΔP per (run, trial, epoch, space), the dataset's headline class, with trial identity."""
     if results.packets.empty:
         return pd.DataFrame(columns=["run", "trial", "arch", "dataset", "seed", "epoch", "space", "DX", "DP", "label"])
     frames = []
     for run, packets in results.packets.groupby("run"):
-        head = aggregates.headline(packets)
-        info = packets[["trial", "arch", "dataset", "seed"]].drop_duplicates()
-        frames.append(head.merge(info, on="trial").assign(run=run))
+        info = packets[["trial", "arch", "seed"]].drop_duplicates()
+        frames.append(aggregates.headline(packets).merge(info, on="trial").assign(run=run))
     head = pd.concat(frames, ignore_index=True)
-    use_mean = head["dataset"].isin(MEAN_DATASETS)
-    head["DX"] = np.where(use_mean, head["DX_mean"], head["DX_class8"])
-    head["DP"] = np.where(use_mean, head["DP_mean"], head["DP_class8"])
-    head["label"] = head["dataset"].map(headline_label)
     return head[["run", "trial", "arch", "dataset", "seed", "epoch", "space", "DX", "DP", "label"]]
 
 

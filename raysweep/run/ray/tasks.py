@@ -26,24 +26,27 @@ import torch
 from ray.util.placement_group import get_current_placement_group, placement_group_table
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from raysweep import raycluster
-from raysweep.packets import PacketStats
-from raysweep.trial import DimsDone, PacketTask
+from raysweep.run import allocator
+from raysweep.run.ray import cluster
+from raysweep.core.lines import PacketStats
+from raysweep.core.trial import DimsDone, PacketTask
 
 # How long a lost bundle may wait for a node that can take it (a replacement node may be starting).
 LOST_BUNDLE_GRACE_S = float(os.environ.get("RAYSWEEP_NODE_GRACE_S", "30"))
 WAIT_S = 2.0  # how often the runner looks up from its tasks
 
 
-def quiet_worker() -> None:
-    """Silence what a Ray worker would print at every report: Tune's "Checkpoint successfully created"."""
+def worker_setup() -> None:
+    """What every Ray worker of raysweep does first: keep freed tensors' memory (`allocator`), and
+    silence what it would print at every report (Tune's "Checkpoint successfully created")."""
+    allocator.keep_freed_memory()
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
 
 
 @ray.remote(max_retries=3)
 def _run_chunk(model: torch.nn.Module, task: PacketTask, threads: int | None) -> PacketStats:
-    quiet_worker()
+    worker_setup()
     if threads:
         torch.set_num_threads(threads)
     device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
@@ -92,9 +95,9 @@ def _check_bundles(group, lost_since: float | None) -> float | None:
     if lost_since is None:
         return now
     bundles = list(table.get("bundles", {}).values())
-    why = raycluster.unplaceable(bundles, raycluster.alive_nodes())
+    why = cluster.unplaceable(bundles, cluster.alive_nodes())
     if now - lost_since >= LOST_BUNDLE_GRACE_S and why:
         raise RuntimeError(
-            f"the packet tasks lost their bundle with node {raycluster.lost_nodes() or '?'} and no alive node can take it: {why}"
+            f"the packet tasks lost their bundle with node {cluster.lost_nodes() or '?'} and no alive node can take it: {why}"
         )
     return lost_since

@@ -18,13 +18,14 @@ a functional relu) is reported instead of silently mis-integrated.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import nn
 
-from raysweep.packets import line_inputs
+from raysweep.core import quadrature
+from raysweep.core.lines import PacketStats, line_inputs, loss_and_slope, moments
 
 PIECEWISE_MODULES = (nn.ReLU, nn.MaxPool2d)
 AFFINE_MODULES = (
@@ -33,12 +34,18 @@ AFFINE_MODULES = (
 )
 STEP_IN = 1e-6  # evaluate this fraction of (b - a) inside a piece, well above float32's resolution
 MAX_PIECES = 20_000  # per dimension; more means the net is not what the walk assumes
-
-
-class TooManyPieces(ValueError):
-    """A line has more linear pieces than the walk was allowed to visit."""
+PIECE_NODES = 8  # Gauss nodes per sub-piece of a linear piece
+PIECE_SPREAD = 4.0  # sub-pieces keep the spread of logit changes within this
 SAME_SLOPE = 1e-6  # relative: a "new" piece whose slope matches the last one was evaluated in the old piece
 MAX_STEP_IN = 1e-5  # stop stepping further in here (a slope that stays equal is a breakpoint the logits ignore); further would jump past breakpoints where they are dense (resnet9)
+
+
+class Unsupported(ValueError):
+    """The walk cannot integrate this net or line exactly; the message names the estimator to use instead."""
+
+
+class TooManyPieces(Unsupported):
+    """A line has more linear pieces than the walk was allowed to visit."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,7 @@ class Pieces:
 
 
 def check_supported(model: nn.Module) -> None:
-    """Raise ValueError naming a leaf module the walk cannot treat as affine or piecewise affine.
+    """Raise Unsupported naming a leaf module the walk cannot treat as affine or piecewise affine.
 
     Modules of other kinds may declare `piecewise_affine = True` (raysweep's Normalize does).
     """
@@ -70,13 +77,13 @@ def check_supported(model: nn.Module) -> None:
         if isinstance(module, nn.MaxPool2d) and (
             _pair(module.padding) != (0, 0) or _pair(module.dilation) != (1, 1) or module.ceil_mode
         ):
-            raise ValueError(
+            raise Unsupported(
                 f"estimator 'piecewise' reads max-pool windows without padding, dilation or ceil_mode, and module "
                 f"{name!r} ({module}) has them: use estimator='gauss'"
             )
         if isinstance(module, PIECEWISE_MODULES + AFFINE_MODULES) or getattr(module, "piecewise_affine", False):
             continue
-        raise ValueError(
+        raise Unsupported(
             f"estimator 'piecewise' needs a ReLU/MaxPool net; module {name!r} ({type(module).__name__}) "
             "is not known to be piecewise affine: use estimator='gauss'"
         )
@@ -266,7 +273,65 @@ def _check_continuity(pieces: Pieces, rtol: float = 1e-3) -> None:
         gaps.append(((left - right).abs().amax(-1) / scale[:, None])[real])
     gap = torch.cat(gaps)
     if gap.numel() and float(gap.max()) > rtol:
-        raise ValueError(
+        raise Unsupported(
             f"the logits jump by {float(gap.max()):.2g} (relative) at a breakpoint: the net has a nonlinearity "
             "the piecewise walk cannot see (e.g. a functional relu or tanh); use estimator='gauss'"
         )
+
+
+def stats(
+    model: nn.Module, x_base: torch.Tensor, dims: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+    *, loss_clip: float | None, batch_size: int,
+) -> PacketStats:
+    """Packets from the exact linear pieces of a ReLU/MaxPool net (found by `walk`).
+
+    Each piece's logits are exactly affine in t, so g and g' are closed-form there;
+    pieces are cut into sub-pieces over which no logit difference changes by more
+    than PIECE_SPREAD, each integrated with PIECE_NODES Gauss-Legendre nodes. The
+    losses at those nodes are computed `batch_size` rows at a time, so that their
+    (batch_size, C, C) temporaries, not the number of pieces, set the peak memory.
+    """
+    pieces = walk(model, x_base, dims, a, b)
+    D, P, C = pieces.z.shape
+    length = (pieces.end - pieces.start).clamp(min=0)  # (D, P); padding has length 0
+    spread = (pieces.v.amax(-1) - pieces.v.amin(-1)).abs()
+    # Sub-pieces per piece; the zero-length padding gets none.
+    cuts = torch.where(length > 0, (length * spread / PIECE_SPREAD).ceil().clamp(1, 64), 0).long()
+    # One row per sub-piece: which (line, piece) owns it, its index within the piece, its interval.
+    cuts = cuts.reshape(-1)
+    owner = torch.arange(D * P, device=a.device).repeat_interleave(cuts)
+    k = _rank_within(owner, cuts)
+    h = (length.reshape(-1) / cuts)[owner]
+    lo = pieces.start.reshape(-1)[owner] + k * h
+    t, w = quadrature.rule("gauss", PIECE_NODES, lo, lo + h)  # (S, Q)
+    v = pieces.v.reshape(D * P, C)[owner][:, None, :]  # (S, 1, C)
+    z = pieces.z.reshape(D * P, C)[owner][:, None, :] + (t - pieces.at.reshape(-1)[owner][:, None])[..., None] * v
+    z, v = z.reshape(-1, C), v.expand_as(z).reshape(-1, C)
+    parts = [loss_and_slope(zc, vc, loss_clip=loss_clip) for zc, vc in zip(z.split(batch_size), v.split(batch_size))]
+    g, dg = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    # Back to (D, nodes) per line, padding with zero weights.
+    line = owner // P
+    per_line = torch.bincount(line, minlength=D)
+    slot = _rank_within(line, per_line)
+    cols = (slot[:, None] * PIECE_NODES + torch.arange(PIECE_NODES, device=a.device)).reshape(-1)
+    rows = line.repeat_interleave(PIECE_NODES)
+    n = max(int(per_line.max()), 1) * PIECE_NODES  # a line without pieces (a == b) keeps zero weights: NaN rows
+    T = torch.zeros(D, n, dtype=torch.float64, device=a.device)
+    W = torch.zeros_like(T)
+    G = torch.zeros(D, n, C, dtype=torch.float64, device=a.device)
+    DG = torch.zeros_like(G)
+    T[rows, cols], W[rows, cols] = t.reshape(-1), w.reshape(-1)
+    G[rows, cols], DG[rows, cols] = g.view(-1, C), dg.view(-1, C)
+    last = (pieces.count - 1).clamp(min=0)
+    ends = torch.arange(D, device=a.device)
+    z_a = pieces.z[:, 0] + (a - pieces.at[:, 0])[:, None] * pieces.v[:, 0]
+    z_b = pieces.z[ends, last] + (b - pieces.at[ends, last])[:, None] * pieces.v[ends, last]
+    g_a, _ = loss_and_slope(z_a, pieces.v[:, 0], loss_clip=loss_clip)
+    g_b, _ = loss_and_slope(z_b, pieces.v[ends, last], loss_clip=loss_clip)
+    return replace(moments(T, W, G, DG, g_a, g_b, a, b), evaluations=pieces.evaluations.cpu())
+
+
+def _rank_within(group: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """For rows sorted by group with `sizes[j]` rows in group j: each row's index inside its group."""
+    starts = sizes.cumsum(0) - sizes
+    return torch.arange(group.numel(), device=group.device) - starts[group]

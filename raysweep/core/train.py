@@ -22,7 +22,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from raysweep import data
+from raysweep.core import data
+from raysweep.choices import PRECISIONS
 from raysweep.errors import UserError
 
 
@@ -41,7 +42,6 @@ class Recipe:
 
 
 ADAM = Recipe("adam", lr=1e-3, batch_size=128)
-PRECISIONS = ("float32", "bf16")  # arithmetic of the training step's forward pass
 RECIPES: dict[str, Recipe] = {
     "mnist_conv3": ADAM,
     "cifar_conv4": ADAM,

@@ -13,7 +13,8 @@ from typing import Sequence
 import pandas as pd
 
 from raysweep.errors import UserError
-from raysweep.store import TABLES, RunStore
+from raysweep.schema import TABLES
+from raysweep.store import RunStore
 
 
 @dataclass(frozen=True)

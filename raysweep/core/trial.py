@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from raysweep import allocator, attacks, data, features, models, piecewise, train
-from raysweep.config import TrialConfig
+from raysweep.core import attacks, data, features, models, piecewise, train
+from raysweep.core.config import TrialConfig
 from raysweep.errors import UserError
-from raysweep.packets import PacketStats, packet_stats
+from raysweep.core.lines import PacketStats
+from raysweep.core.packets import packet_stats
 
 PCA_DIMS = 50  # embeddings keep this many principal components (t-SNE's usual input)
 AUTO_PROBE_LINES = 2  # lines estimator=auto probes to choose between piecewise and gauss
@@ -47,7 +48,6 @@ class PacketTask:
 
     def run(self) -> PacketStats:
         """The chunk's statistics, on the device of its tensors, returned on the CPU."""
-        allocator.keep_freed_memory()  # a Ray worker may run nothing else of raysweep
         stats = packet_stats(
             self.model, self.x_base, self.dims, self.a, self.b,
             estimator=self.estimator, nodes=self.nodes, replicates=self.replicates,
@@ -99,34 +99,32 @@ class Trial:
     """State of one (arch, dataset, seed) trial across epochs."""
 
     def __init__(self, config: TrialConfig) -> None:
-        allocator.keep_freed_memory()
         self.config = config
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(config.resources.device)
         self.data = data.load(
-            config.dataset, config.data_root, download=config.download, device=self.device,
-            limit_train=config.limit_train, limit_test=config.limit_test,
+            config.data.dataset, config.data.data_root, download=config.data.download, device=self.device,
+            limit_train=config.data.limit_train, limit_test=config.data.limit_test,
         )
-        self.attacks = {spec: attacks.parse_attack(spec) for spec in config.attack_list}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.model = models.build(config.arch, num_classes=self.data.num_classes).to(self.device)
         self.recipe = train.recipe_for(
-            config.arch, lr=config.lr, batch_size=config.batch_size, weight_decay=config.weight_decay
+            config.arch, lr=config.train.lr, batch_size=config.train.batch_size, weight_decay=config.train.weight_decay
         )
         self.precision, self.channels_last = train.step_arithmetic(
-            self.device, config.precision, self.recipe, images=self.data.x_train.dim() == 4
+            self.device, config.train.precision, self.recipe, images=self.data.x_train.dim() == 4
         )
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         n_features = self._check_shapes()
-        steps = train.steps_per_epoch(self.data.x_train.shape[0], self.recipe.batch_size) * config.epochs
+        steps = train.steps_per_epoch(self.data.x_train.shape[0], self.recipe.batch_size) * config.train.epochs
         self.optimizer, self.scheduler = train.make_optimizer(self.model, self.recipe, steps)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.x_base = self.data.x_train.mean(0)  # the paper's X_base: mean training input
         draw = torch.Generator().manual_seed(config.seed + 7919)
         self.dims = {
-            "pixel": _draw_dims(math.prod(self.data.shape), config.dims, draw, "pixel"),
-            "feature": _draw_dims(n_features, config.dims, draw, "feature"),
+            "pixel": _draw_dims(math.prod(self.data.shape), config.packets.dims, draw, "pixel"),
+            "feature": _draw_dims(n_features, config.packets.dims, draw, "feature"),
         }
         self.epoch = 0  # epochs completed
 
@@ -141,7 +139,7 @@ class Trial:
             expected = models.input_shape(self.config.arch)
             hint = f" (it expects {'x'.join(map(str, expected))})" if expected else ""
             raise UserError(
-                f"arch={self.config.arch}{hint} does not fit dataset={self.config.dataset} with inputs "
+                f"arch={self.config.arch}{hint} does not fit dataset={self.config.data.dataset} with inputs "
                 f"{'x'.join(map(str, self.data.shape))}: pick a matching arch or dataset ({str(exc).splitlines()[0]})"
             ) from None
         return feats.shape[1]
@@ -183,7 +181,7 @@ class Trial:
 
     @property
     def done(self) -> bool:
-        return self.epoch >= self.config.epochs
+        return self.epoch >= self.config.train.epochs
 
     def train_epoch(self) -> float:
         """Train one epoch without measuring it; returns the mean training loss. Advances `self.epoch`.
@@ -217,11 +215,11 @@ class Trial:
         measured = {
             "pixel": self._measure(self.model, d.x_test, 0.0, 1.0, 1.0, train_loss, attack_gen)
         }
-        tasks = self._packet_tasks("pixel", self.model, self.x_base, 0.0, 1.0, epoch) if "pixel" in cfg.space_list else []
-        if "feature" in cfg.space_list:
+        tasks = self._packet_tasks("pixel", self.model, self.x_base, 0.0, 1.0, epoch) if "pixel" in cfg.packets.spaces else []
+        if "feature" in cfg.packets.spaces:
             on_stage("feature head")
             fs = features.build(
-                self.model, d.x_train, d.y_train, d.x_test, epochs=cfg.head_epochs, seed=cfg.seed, epoch=epoch
+                self.model, d.x_train, d.y_train, d.x_test, epochs=cfg.packets.head_epochs, seed=cfg.seed, epoch=epoch
             )
             measured["feature"] = self._measure(fs.head, fs.f_test, fs.lo, fs.hi, fs.scale, fs.train_loss, attack_gen)
             tasks += self._packet_tasks("feature", fs.head, fs.f_train.mean(0), fs.lo, fs.hi, epoch)
@@ -246,11 +244,11 @@ class Trial:
         y = self.data.y_test
         test_acc = attacks.accuracy(model, x_test, y)
         rows = []
-        for spec, attack in self.attacks.items():
+        for attack in self.config.attacks:
             scaled = attack.scaled(scale) if scale != 1.0 else attack
             robust = attacks.robust_accuracy(model, x_test, y, scaled, lo=lo, hi=hi, generator=generator)
             rows.append({
-                "attack": spec, "eps": scaled.eps, "alpha": scaled.alpha, "steps": scaled.steps,
+                "attack": attack.spec, "eps": scaled.eps, "alpha": scaled.alpha, "steps": scaled.steps,
                 "budget_scale": scale, "test_acc": test_acc, "robust_acc": robust, "train_loss": train_loss,
             })
         return rows
@@ -259,17 +257,17 @@ class Trial:
         cfg = self.config
         dims = self.dims[space]
         a, b = (torch.as_tensor(v, dtype=torch.float64).cpu().expand(x_base.numel())[dims] for v in (lo, hi))
-        if cfg.estimator != "auto":
-            estimator = cfg.estimator
-        elif cfg.loss_clip is not None:  # the walk cannot see the clip's kink (packets.packet_stats)
+        if cfg.packets.estimator != "auto":
+            estimator = cfg.packets.estimator
+        elif cfg.packets.loss_clip is not None:  # the walk cannot see the clip's kink (packets.packet_stats)
             estimator = "gauss"
         else:
             estimator = _auto_estimator(model, x_base, dims, a, b)
-        chunk = cfg.chunk or self._default_chunk(dims.numel())
+        chunk = cfg.packets.chunk or self._default_chunk(dims.numel())
         return [
             PacketTask(
                 space, model, x_base, dims[i : i + chunk], a[i : i + chunk], b[i : i + chunk],
-                estimator, cfg.nodes, cfg.replicates, cfg.loss_clip,
+                estimator, cfg.packets.nodes, cfg.packets.replicates, cfg.packets.loss_clip,
                 seed=_chunk_seed(cfg.seed, epoch, space, i),
             )
             for i in range(0, dims.numel(), chunk)
@@ -282,16 +280,16 @@ class Trial:
         sequential steps for 64 lines as for thousands: small chunks leave it idle.
         """
         if self.device.type == "cuda":
-            return max(1, math.ceil(count / self.config.workers))
+            return max(1, math.ceil(count / self.config.resources.workers))
         return CPU_CHUNK
 
     def _embeddings(self, epoch: int, generator: torch.Generator) -> dict[str, np.ndarray]:
         """Fig. 1 material: PCA of test features, clean and attacked, with predictions."""
         n = min(self.config.embed_points, self.data.x_test.shape[0])
-        if n == 0 or not self.attacks:
+        if n == 0:
             return {}
         x, y = self.data.x_test[:n], self.data.y_test[:n]
-        x_adv = next(iter(self.attacks.values())).run(self.model, x, y, generator=generator)
+        x_adv = attacks.perturb(self.config.attacks[0], self.model, x, y, generator=generator)
         f = features.extract(self.model.features, torch.cat([x, x_adv]))
         with torch.no_grad():
             prob = torch.softmax(self.model.classifier(f), -1)
@@ -329,7 +327,7 @@ def _auto_estimator(model: nn.Module, x_base: torch.Tensor, dims: torch.Tensor, 
             if int(piecewise.pattern_changes(*probe, points=AUTO_MAX_PIECES + 1).max()) >= AUTO_MAX_PIECES:
                 return "gauss"
             piecewise.walk(*probe, max_pieces=AUTO_MAX_PIECES)
-    except ValueError:  # not ReLU/MaxPool, too many pieces, or a nonlinearity the walk cannot see
+    except piecewise.Unsupported:  # not ReLU/MaxPool, too many pieces, or a nonlinearity the walk cannot see
         return "gauss"
     return "piecewise"
 

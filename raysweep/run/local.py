@@ -9,58 +9,28 @@ it in full. `repair` recomputes damaged or missing files. Nothing is lost or dou
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
-import importlib.metadata
-import os
-import platform
-import subprocess
-import uuid
-from typing import Callable
+from typing import Callable, Iterable
 
 import pandas as pd
 import torch
 
-from raysweep import __version__, aggregates
-from raysweep.config import SweepConfig, TrialConfig
-from raysweep.progress import Board, Monitor
-from raysweep.store import RunStore, check_name
-from raysweep.trial import EpochResult, PacketRunner, Trial, resolve_device, run_local
+from raysweep.analysis import aggregates
+from raysweep.core.config import TrialConfig
+from raysweep.core.trial import EpochResult, PacketRunner, Trial, resolve_device, run_local
+from raysweep.run import allocator
+from raysweep.run.config import record, replace
+from raysweep.run.progress import Board, Monitor
+from raysweep.schema import TABLES
+from raysweep.store import RunStore
 
 Progress = Callable[[str], None]
-_PACKAGES = ("torch", "torchvision", "numpy", "pyarrow", "pandas", "seaborn", "scikit-learn", "ray")
-
-
-def manifest(sweep: SweepConfig, *, preset: str, overrides: dict[str, str], executor: str) -> dict:
-    """What produced the run: config, versions, code revision, hardware. No environment variables."""
-    trials = sweep.trials()
-    names = [check_name(t.name) for t in trials]
-    if len(set(names)) != len(names):
-        raise ValueError(f"duplicate trial names in the grid: {names}")
-    return {
-        "raysweep": __version__,
-        "run_id": uuid.uuid4().hex,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "preset": preset,
-        "overrides": overrides,
-        "executor": executor,
-        "sweep": dataclasses.asdict(sweep),
-        "trials": {t.name: dataclasses.asdict(t) for t in trials},
-        "versions": {"python": platform.python_version(), **{p: _version(p) for p in _PACKAGES}},
-        "code_revision": _code_revision(),
-        "hardware": {
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
-    }
 
 
 def preflight(trials: list[TrialConfig]) -> None:
     """Build every trial once on the CPU so that bad input fails here, before any cluster work."""
     for config in trials:
-        resolve_device(config.device)
-        Trial(dataclasses.replace(config, device="cpu", limit_train=64, limit_test=16))
+        resolve_device(config.resources.device)
+        Trial(replace(config, device="cpu", limit_train=64, limit_test=16))
 
 
 def run_trials(
@@ -73,14 +43,14 @@ def run_trials(
     """
     board = board or Board()
     for config in trials:
-        _set_threads(config)
+        _prepare_process(config)
         last = last_written(store, config)
         trial = Trial.restored(config, store.load_checkpoint(config.name, before=last + 1), last)
         if trial.done:
-            progress(f"[{config.name}] already finished ({trial.epoch}/{config.epochs} epochs)")
+            progress(f"[{config.name}] already finished ({trial.epoch}/{config.train.epochs} epochs)")
         while not trial.done:
-            result = trial.run_epoch(runner, board.hook(config.name, trial.epoch + 1, config.epochs))
-            store.write_epoch(config, result)
+            result = trial.run_epoch(runner, board.hook(config.name, trial.epoch + 1, config.train.epochs))
+            write_epoch(store, config, result)
             store.save_checkpoint(config.name, trial.epoch, trial.state_dict())
             board.finished(config.name)
             progress(epoch_line(config, result))
@@ -98,7 +68,7 @@ def last_written(store: RunStore, config: TrialConfig) -> int:
 
     (The files are written before the checkpoint, so a stop in between leaves them ahead of it.)
     """
-    return min(config.epochs, max(store.epochs_written(config.name), default=0))
+    return min(config.train.epochs, max(store.epochs_written(config.name), default=0))
 
 
 def repair(store: RunStore, trials: list[TrialConfig], *, runner: PacketRunner = run_local, progress: Progress = print) -> int:
@@ -110,10 +80,10 @@ def repair(store: RunStore, trials: list[TrialConfig], *, runner: PacketRunner =
     """
     recomputed = 0
     for config in trials:
-        _set_threads(config)
-        for epoch, tables in store.damaged_epochs(config).items():
+        _prepare_process(config)
+        for epoch, tables in store.damaged_epochs(config.name, embeddings=config.keeps_embeddings).items():
             trial = Trial.restored(config, store.load_checkpoint(config.name, before=epoch), epoch - 1)
-            store.write_epoch(config, trial.run_epoch(runner), tables=tables)
+            write_epoch(store, config, trial.run_epoch(runner), tables=tables)
             progress(f"[{config.name}] epoch {epoch} measured again ({'; '.join(tables.values())})")
             recomputed += 1
         for epoch, reason in store.bad_checkpoints(config.name).items():
@@ -124,45 +94,38 @@ def repair(store: RunStore, trials: list[TrialConfig], *, runner: PacketRunner =
     return recomputed
 
 
-def _set_threads(config: TrialConfig) -> None:
-    if config.threads:
-        torch.set_num_threads(config.threads)
+def _prepare_process(config: TrialConfig) -> None:
+    """This process's settings for the trial: its torch threads, and freed memory kept (`allocator`)."""
+    allocator.keep_freed_memory()
+    if config.resources.threads:
+        torch.set_num_threads(config.resources.threads)
+
+
+def write_epoch(store: RunStore, config: TrialConfig, result: EpochResult, tables: Iterable[str] = TABLES) -> None:
+    """The epoch's rows into the run: `epochs/` rows get the trial's identity (arch, dataset, seed)."""
+    frames = {
+        "packets": pd.DataFrame(result.packets),
+        "embeddings": pd.DataFrame(result.embeddings) if result.embeddings else None,
+        "epochs": pd.DataFrame(result.metrics).assign(arch=config.arch, dataset=config.data.dataset, seed=config.seed),
+    }
+    store.write_epoch(config.name, result.epoch, frames, config=record(config), tables=tables)
 
 
 def epoch_line(config: TrialConfig, result: EpochResult) -> str:
-    """One progress line: accuracy, robust accuracy and ΔX/ΔP of class 8 per space."""
-    parts = [f"[{config.name}] epoch {result.epoch}/{config.epochs}"]
+    """One progress line: accuracy and robust accuracy (first attack) and the headline ΔX, ΔP per space."""
+    parts = [f"[{config.name}] epoch {result.epoch}/{config.train.epochs}"]
     first = {}
     for row in result.metrics:
         first.setdefault(row["space"], row)
     spreads = {}
     if result.packets:
-        frame = pd.DataFrame(result.packets).assign(trial=config.name)
+        frame = pd.DataFrame(result.packets).assign(trial=config.name, dataset=config.data.dataset)
         spreads = aggregates.headline(frame).set_index("space").to_dict("index")
     for space, row in first.items():
         text = f"{space}: acc {row['test_acc']:.1%} robust {row['robust_acc']:.1%}"
-        if space in spreads and "DX_class8" in spreads[space]:
-            text += f" ΔX8 {spreads[space]['DX_class8']:.3f} ΔP8 {spreads[space]['DP_class8']:.4f}"
+        if space in spreads and pd.notna(spreads[space]["DX"]):
+            mark = aggregates.HEADLINE_CLASS if spreads[space]["label"].startswith("class") else "̄"
+            text += f" ΔX{mark} {spreads[space]['DX']:.3f} ΔP{mark} {spreads[space]['DP']:.4f}"
         parts.append(text)
     parts.append(f"loss {first['pixel']['train_loss']:.3f}  {first['pixel']['seconds']:.1f}s")
     return "  ".join(parts)
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _code_revision() -> str:
-    """The git commit of the source tree (with '+dirty' for local changes), else the package version."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return f"raysweep {__version__}"
-    if rev.returncode != 0:
-        return f"raysweep {__version__}"
-    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")

@@ -9,12 +9,12 @@ from __future__ import annotations
 import torch
 from scipy.special import roots_legendre
 
-SUPPORTED = ("gauss", "mc")
+from raysweep.choices import RULES
 
 
 def check_method(method: str) -> None:
-    if method not in SUPPORTED:
-        raise ValueError(f"unknown quadrature method {method!r}; supported: {', '.join(SUPPORTED)}")
+    if method not in RULES:
+        raise ValueError(f"unknown quadrature method {method!r}; supported: {', '.join(RULES)}")
 
 
 def rule(
