@@ -73,6 +73,11 @@ def _bounds(pair_row: pd.DataFrame) -> list[str]:
         )
         bound = "holds, as it must" if p["finite_bound_holds"] == 1 else "is violated: an estimator error to report"
         out.append(f"- The exact finite-interval bound Δx·Δp ≥ |1 − B|/2 {bound} ({p['finite_bound_holds']:.2%} of pairs).")
+        if p["flagged"]:
+            out.append(f"- **{tradeoff.count(int(p['flagged']), 'pair')} of {p['pairs']} are flagged**: their estimated error on "
+                       "Δx or Δp exceeds the run's tol (column `flagged`; raise nodes, or see BENCHMARKS.md).")
+        else:
+            out.append(f"- Every pair's estimated error on Δx and Δp is within the run's tol (none of {p['pairs']} flagged).")
     return out
 
 

@@ -7,8 +7,8 @@ each epoch (less the Parquet and checkpoint writes), for every trial of the pres
 top. Stage functions are wrapped by timers that wait for the GPU; a stage called inside another is
 charged to the outer one (the feature head's training to "feature head", not to "train"):
 train (`train.train_epoch`), clean accuracy, attacks (`attacks.robust_accuracy`, both spaces), feature
-head (`features.build`: extraction and the head's retraining), auto probe (`estimator=auto` probing two
-lines), packets (every packet task, both spaces), embeddings (Fig. 1 material); "other" is the rest.
+head (`features.build`: extraction and the head's retraining), packets (every packet task, both spaces,
+with estimator=auto's probe and refinement), embeddings (Fig. 1 material); "other" is the rest.
 Last, each trial's last epoch times the preset's epoch count: an extrapolation of the whole preset, and
 printed as one.
 
@@ -35,7 +35,6 @@ STAGES: dict[str, tuple[object, str]] = {
     "clean acc": (attacks, "accuracy"),
     "attacks": (attacks, "robust_accuracy"),
     "feature head": (features, "build"),
-    "auto probe": (trial_module, "_auto_estimator"),
     "packets": (trial_module, "run_local"),
     "embeddings": (trial_module.Trial, "_embeddings"),
 }

@@ -56,10 +56,12 @@ REFERENCE_NODES = 8192
 SMOKE_TRAIN = 128  # training images with --smoke-test
 
 
-def trained_model(arch: str, dataset: str, epochs: int, limit_train: int | None) -> tuple[nn.Module, torch.Tensor]:
-    """The arch trained `epochs` epochs on `dataset` with its recipe, BatchNorm statistics recomputed on the
-    training images (a no-op without BatchNorm), in eval mode; and the mean training image."""
-    ds = data.load(dataset, limit_train=limit_train)
+def trained_model(
+    arch: str, dataset: str, epochs: int, limit_train: int | None, root: str | None = None
+) -> tuple[nn.Module, torch.Tensor]:
+    """The arch trained `epochs` epochs on `dataset` (files under `root`) with its recipe, BatchNorm statistics
+    recomputed on the training images (a no-op without BatchNorm), in eval mode; and the mean training image."""
+    ds = data.load(dataset, root, download=False, limit_train=limit_train)
     model = trained(arch, ds, epochs)
     torch.optim.swa_utils.update_bn(ds.x_train.split(256), model)
     return model.eval(), ds.x_train.mean(0)

@@ -220,6 +220,7 @@ def _status(args: argparse.Namespace) -> int:
     if problems:
         return 1
     epochs = run_store.read("epochs")
+    flagged = run_store.read("packets", columns=["trial", "flagged"]).groupby("trial")["flagged"].agg(["sum", "size"])
     for trial in trials:
         done = run_store.epochs_written(trial.name)
         state = "done" if len(done) >= trial.train.epochs else ("running or stopped" if done else "not started")
@@ -228,6 +229,9 @@ def _status(args: argparse.Namespace) -> int:
         if len(rows):
             last = rows[rows["epoch"] == rows["epoch"].max()].iloc[0]
             line += f"  test {last['test_acc']:.1%}  robust {last['robust_acc']:.1%} ({last['attack']})"
+        if trial.name in flagged.index and (count := int(flagged.loc[trial.name, "sum"])):
+            line += (f"  FLAGGED {count} of {int(flagged.loc[trial.name, 'size'])} pairs (estimated error above "
+                     f"tol={trial.packets.tol})")
         print(line)
     return 0
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PARTITION = "trial"  # the hive partition of every dataset: <dataset>/trial=<name>/
-TYPES = ("string", "int32", "int64", "float32", "float64", "list<float32>")
+TYPES = ("bool", "string", "int32", "int64", "float32", "float64", "list<float32>")
 
 
 @dataclass(frozen=True)
@@ -89,10 +89,11 @@ PACKETS = Dataset(
         ("beta", "float64", "β = ∫ g² dt (paper Eq. 22)"),
         ("boundary_term", "float64", "B = (b - <x>) psi(b)² - (a - <x>) psi(a)² (SPEC 1.2)"),
         ("bound", "float64", "|1 - B| / 2, the exact finite-interval bound on sx·sp"),
-        ("estimator", "string", "piecewise, gauss or mc"),
-        ("nodes", "int32", "network evaluations of the dimension (piecewise) or the rule's nodes"),
-        ("se_sx", "float64", "standard error of sx (mc); null for the other estimators"),
-        ("se_sp", "float64", "standard error of sp (mc); null for the other estimators"),
+        ("estimator", "string", "piecewise, gauss or mc: what computed the row (auto chooses per chunk)"),
+        ("nodes", "int32", "network evaluations of the dimension, error estimate and refinement included"),
+        ("err_sx", "float64", "estimated error of sx (mc: its standard error; SPEC 1.3)"),
+        ("err_sp", "float64", "estimated error of sp (mc: its standard error; SPEC 1.3)"),
+        ("flagged", "bool", "the estimated relative error of sx or sp exceeds the trial's tol"),
     ),
     keys=("trial", "epoch", "space", "class", "dim"),
 )

@@ -52,7 +52,7 @@ PROVENANCE = ("versions", "code_revision", "hardware")  # manifest keys copied i
 KEEP_CHECKPOINTS = 2  # the newest and the one before, in case the newest was cut short
 
 _ARROW = {
-    "string": pa.string(), "int32": pa.int32(), "int64": pa.int64(), "float32": pa.float32(),
+    "bool": pa.bool_(), "string": pa.string(), "int32": pa.int32(), "int64": pa.int64(), "float32": pa.float32(),
     "float64": pa.float64(), "list<float32>": pa.list_(pa.float32()),
 }
 SCHEMAS = {
@@ -272,13 +272,15 @@ class RunStore:
             pq.write_table(arrow, sink)
             self._write_bytes(self._epoch_path(table, name, epoch, "parquet"), sink.getvalue().to_pybytes())
 
-    def read(self, table: str) -> pd.DataFrame:
-        """One dataset as a DataFrame with the contract's columns (empty if nothing is written yet).
+    def read(self, table: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
+        """One dataset as a DataFrame with the contract's columns, or those named (empty if nothing is written yet).
 
         Raises UserError if the files lack contract columns (not written by this raysweep).
         """
         base = f"{self.root}/{table}"
         arrow_schema = SCHEMAS[table]
+        if columns is not None:
+            arrow_schema = pa.schema([arrow_schema.field(c) for c in columns])
         if self.fs.get_file_info(base).type != pafs.FileType.Directory:
             return arrow_schema.empty_table().to_pandas()
         self.check_layout(table)
@@ -292,13 +294,19 @@ class RunStore:
                 f"recomputes its epoch ({len(bad)} damaged file(s) in {table}/; `raysweep status` lists them all)"
             ) from None
         missing = [c for c in arrow_schema.names if c not in dataset.schema.names]
+        if missing and "se_sx" in dataset.schema.names:
+            raise UserError(
+                f"{self.uri}/{table} has the columns of an earlier raysweep (se_sx, se_sp; no {', '.join(missing)}, "
+                "SPEC 1.3 revised 2026-12-01): read it with that version, or run it again with this one"
+            )
         if missing:
             raise UserError(
                 f"{self.uri}/{table} lacks the columns {', '.join(missing)}: it was not written by this raysweep; "
                 "re-run it or point at another run"
             )
         frame = table_data.select(arrow_schema.names).cast(arrow_schema).to_pandas()  # the partition's dictionary -> string
-        return frame.sort_values(list(schema.DATASETS[table].keys)).reset_index(drop=True)
+        keys = [k for k in schema.DATASETS[table].keys if k in frame]
+        return frame.sort_values(keys).reset_index(drop=True)
 
     def check_layout(self, table: str) -> None:
         """Refuse, in one line, a dataset in the layout of raysweep before the trial=<name> partitions."""

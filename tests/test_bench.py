@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         ("training.py", "images/s"),
         ("scaling.py", "ms/dim"),
         ("estimator.py", "evals/pair"),
+        ("accuracy.py", "estimate covers"),
         ("epoch.py", "feature head"),
         ("head.py", "test acc"),
         ("ray_overhead.py", "ratio ray/local"),

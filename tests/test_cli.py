@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +29,27 @@ def test_run_then_status_then_resume(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["resume", out]) == 0
     assert "already finished" in capsys.readouterr().out
     assert pd.read_parquet(Path(out) / "epochs").equals(epochs)
+
+
+def test_pairs_whose_estimated_error_misses_tol_are_flagged_counted_by_status_and_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(tmp_path / "r")
+    # a 4-node Gauss rule cannot meet tol=1e-6, and gauss (unlike auto) does not refine
+    assert main([*SMOKE, "epochs=1", "estimator=gauss", "nodes=4", "tol=1e-6", "--out", out]) == 0
+    packets = pd.read_parquet(Path(out) / "packets")
+    assert packets["flagged"].dtype == bool and packets["flagged"].any()
+    real = packets["b"] > packets["a"]
+    misses = (packets["err_sx"] > 1e-6 * packets["sx"].clip(lower=1e-3 * (packets["b"] - packets["a"]))) | (
+        packets["err_sp"] > 1e-6 * packets["sp"].clip(lower=1e-3 / (packets["b"] - packets["a"])))
+    assert (packets["flagged"] == (misses & real)).all()  # the flag is what its column's meaning says
+    capsys.readouterr()
+    assert main(["status", out]) == 0
+    assert f"FLAGGED {int(packets['flagged'].sum())} of {len(packets)} pairs" in capsys.readouterr().out
+    assert main(["figures", out, "--no-tsne"]) == 0
+    report = (Path(out) / "figures" / "report.md").read_text()
+    per_space = [int(n) for n in re.findall(r"\*\*(\d+) pairs? of \d+ are flagged\*\*", report)]
+    assert len(per_space) == 2 and sum(per_space) == int(packets["flagged"].sum())  # pixel and feature
 
 
 def test_resume_after_an_interrupted_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
@@ -117,6 +139,7 @@ BAD_INPUT = [
     (["run", "weight_decay=-1"], "weight_decay=-1.0: must be 0 or more"),
     (["run", "device=gpu"], "device='gpu': use auto, cpu, cuda or cuda:N"),
     (["run", "dims="], "dims= is empty: give a value, or dims=all for every dimension"),
+    (["run", "tol=0"], "tol=0.0: a relative error tolerance is positive, e.g. tol=0.01"),
     (["run", "estimator=piecewise", "loss_clip=5"], "estimator=piecewise with loss_clip=5.0: the walk does not locate the clip's kink"),
     (["run", "--executor", "local", "--out", "{tmp}/afile/run"], "cannot be created ("),
     (["run", "--executor", "local", "--out", "{tmp}/" + "x" * 300], "cannot be created ("),

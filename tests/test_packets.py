@@ -88,7 +88,7 @@ def test_gauss_agrees_with_adaptive_quadrature_on_smooth_nets(seed: int) -> None
     with torch.no_grad():
         for layer in (net[1], net[3]):
             layer.weight.mul_(3)  # packets with visible curvature, not near-flat ones
-    stats = packet_stats(net, x_base, DIMS[:3], 0.0, 1.0, nodes=32)
+    stats = packet_stats(net, x_base, DIMS[:3], 0.0, 1.0, estimator="gauss", nodes=32)
     for row, dim in enumerate(DIMS[:3]):
         for label in (0, 3):
             ref = reference(net, x_base, dim, label, 0.0, 1.0)
@@ -143,21 +143,21 @@ def test_finite_interval_bound_holds_on_random_nets(activation: type[nn.Module])
         net, x_base = small_net(activation, seed), base_point(seed)
         with torch.no_grad():
             net[1].weight.mul_(4)
-        stats = packet_stats(net, x_base, range(25), 0.0, 1.0, nodes=64)
+        stats = packet_stats(net, x_base, range(25), 0.0, 1.0, estimator="gauss", nodes=64)
         assert (stats.product >= stats.bound - 1e-6).all()
 
 
 def test_monte_carlo_converges_to_gauss_within_its_standard_errors() -> None:
     net, x_base = small_net(nn.Tanh, 4), base_point(4)
-    exact = packet_stats(net, x_base, DIMS, 0.0, 1.0, nodes=48)
+    exact = packet_stats(net, x_base, DIMS, 0.0, 1.0, estimator="gauss", nodes=48)
     mc = packet_stats(
         net, x_base, DIMS, 0.0, 1.0, estimator="mc", nodes=4096, replicates=16, generator=torch.Generator().manual_seed(0)
     )
     for name in ("sx", "sp"):
-        z = (getattr(mc, name) - getattr(exact, name)).abs() / getattr(mc, f"se_{name}")
+        z = (getattr(mc, name) - getattr(exact, name)).abs() / getattr(mc, f"err_{name}")
         assert z.max() < 5, name  # 20 pairs, so a 5-sigma miss is a bug, not bad luck
-        assert (getattr(mc, f"se_{name}") / getattr(exact, name)).max() < 0.05
-    assert exact.se_sx is None and exact.se_sp is None
+        assert (getattr(mc, f"err_{name}") / getattr(exact, name)).max() < 0.05
+    assert mc.estimator == "mc" and exact.estimator == "gauss" and (exact.err_sx < mc.err_sx).all()
 
 
 def test_batched_equals_one_dimension_at_a_time() -> None:

@@ -41,12 +41,12 @@ def test_piecewise_matches_a_fine_reference_with_few_evaluations(build, shape) -
     net = build(0)
     x_base = torch.rand(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     dims = [0, 7, 12, 20]
-    reference = packet_stats(net, x_base, dims, 0.0, 1.0, nodes=8_000, batch_size=16_384)
+    reference = packet_stats(net, x_base, dims, 0.0, 1.0, estimator="gauss", nodes=8_000, batch_size=16_384)
     stats = packet_stats(net, x_base, dims, 0.0, 1.0, estimator="piecewise")
     assert relative_error(stats, reference, "sx") < 1e-6
     # The 8,000-node reference itself errs ~4e-4 on sp at the kinks; plain gauss at 256 nodes errs ~1e-2.
     assert relative_error(stats, reference, "sp") < 1e-3
-    coarse = packet_stats(net, x_base, dims, 0.0, 1.0, nodes=256)
+    coarse = packet_stats(net, x_base, dims, 0.0, 1.0, estimator="gauss", nodes=256)
     assert relative_error(stats, reference, "sp") < relative_error(coarse, reference, "sp")
     assert float(stats.evaluations.double().mean()) < 256
 
@@ -56,7 +56,7 @@ def test_net_without_kinks_is_one_piece_and_exact() -> None:
     net = nn.Sequential(nn.Flatten(), nn.Linear(25, 4)).double().eval()
     x_base = torch.rand((1, 5, 5), dtype=torch.float64)
     stats = packet_stats(net, x_base, [3, 9], 0.0, 1.0, estimator="piecewise")
-    smooth = packet_stats(net, x_base, [3, 9], 0.0, 1.0, nodes=64)  # analytic integrand: gauss is exact here
+    smooth = packet_stats(net, x_base, [3, 9], 0.0, 1.0, estimator="gauss", nodes=64)  # analytic integrand: gauss is exact here
     assert stats.evaluations.tolist() == [2, 2]  # one piece, and the check at b
     for name in FIELDS:
         torch.testing.assert_close(getattr(stats, name), getattr(smooth, name), rtol=1e-9, atol=1e-12)

@@ -75,7 +75,7 @@ def test_monte_carlo_agrees_with_adaptive_quadrature_within_its_standard_errors(
             ref = moments_of(*reverse_mode(net, x_base, dim, label), A, B, points=kinks(net, x_base, dim, A, B))
             for name in ("sx", "sp"):
                 error = abs(getattr(mc, name)[row, label].item() - ref[name])
-                se = getattr(mc, f"se_{name}")[row, label].item()
+                se = getattr(mc, f"err_{name}")[row, label].item()
                 assert error < 5 * se, (dim, label, name, error, se)  # 16 checks: a 5-sigma miss is a bug
                 assert se < 0.05 * ref[name]  # and the errors are small enough for that to mean something
 

@@ -257,3 +257,16 @@ def test_duckdb_and_polars_read_the_datasets_as_readme_says_even_mid_write(tmp_p
     scanned = pl.scan_parquet(f"{run}/packets/**/*.parquet", hive_partitioning=True).collect()
     assert scanned.height == len(packets) and set(scanned["trial"].unique()) == set(packets["trial"].astype(str))
     assert "boundary_term" in scanned.columns and "B" not in scanned.columns
+
+
+def test_packets_of_the_revision_before_err_columns_are_refused_in_one_line(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = RunStore(str(tmp_path / "old"))
+    store.create({"trials": {}})
+    folder = tmp_path / "old" / "packets" / "trial=t"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"epoch": [1], "sx": [0.3], "se_sx": [None], "se_sp": [None]}), folder / "epoch-0001.parquet")
+    with pytest.raises(UserError, match=r"columns of an earlier raysweep \(se_sx, se_sp; no .*err_sx, err_sp, flagged"):
+        store.read("packets")

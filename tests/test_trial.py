@@ -114,7 +114,7 @@ def test_monte_carlo_nodes_are_the_same_in_another_process() -> None:
 def test_monte_carlo_rows_carry_standard_errors() -> None:
     (result, _) = run(replace(TINY, estimator="mc", nodes=16, replicates=4))
     real = real_pairs(result.packets)
-    assert np.all(result.packets["se_sx"][real] > 0) and np.all(np.isfinite(result.packets["se_sp"][real]))
+    assert np.all(result.packets["err_sx"][real] > 0) and np.all(np.isfinite(result.packets["err_sp"][real]))
     assert set(result.packets["estimator"]) == {"mc"}
 
 
@@ -204,7 +204,7 @@ def test_unknown_estimator_names_the_choices() -> None:
 @pytest.mark.parametrize("units, expected", [(8, "piecewise"), (2048, "gauss")])
 def test_auto_estimator_takes_gauss_where_kinks_are_too_dense_to_walk(units: int, expected: str) -> None:
     from raysweep.core import piecewise
-    from raysweep.core.trial import AUTO_MAX_PIECES, _auto_estimator
+    from raysweep.core.packets import AUTO_MAX_PIECES, choose
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, units), torch.nn.ReLU(), torch.nn.Linear(units, 10))
@@ -216,13 +216,13 @@ def test_auto_estimator_takes_gauss_where_kinks_are_too_dense_to_walk(units: int
     pieces = piecewise.walk(net.eval(), x_base, dims, a, b).count
     # the oracle: one kink per unit (kinks closer than the walk's step-in merge)
     assert all(0.99 * units < n <= units + 1 for n in pieces.tolist())
-    assert _auto_estimator(net, x_base, dims, a, b) == expected
+    assert choose(net, x_base, dims, a, b) == expected
     assert (units + 1 > AUTO_MAX_PIECES) == (expected == "gauss")
 
 
 def test_auto_estimator_sees_dense_kinks_without_walking(monkeypatch) -> None:
     from raysweep.core import piecewise
-    from raysweep.core.trial import _auto_estimator
+    from raysweep.core.packets import choose
 
     def no_walk(*args, **kwargs):
         raise AssertionError("walked lines whose pattern changes in every gap")
@@ -234,7 +234,7 @@ def test_auto_estimator_sees_dense_kinks_without_walking(monkeypatch) -> None:
         net[1].bias.copy_(-torch.rand(4096) - net[1].weight[:, 1:].sum(1) * 0.5)
     monkeypatch.setattr(piecewise, "walk", no_walk)
     zeros, ones = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
-    assert _auto_estimator(net.eval(), torch.full((1, 4, 4), 0.5), torch.tensor([0]), zeros, ones) == "gauss"
+    assert choose(net.eval(), torch.full((1, 4, 4), 0.5), torch.tensor([0]), zeros, ones) == "gauss"
 
 
 def test_default_chunk_is_64_dims_on_the_cpu_and_one_task_per_worker_on_a_gpu() -> None:

@@ -83,6 +83,7 @@ def pair_fractions(results: Results) -> pd.DataFrame:
                 "paper_half_holds": float((product >= PAPER_HALF).mean()),
                 "finite_bound_holds": float((product >= part["bound"] - BOUND_TOLERANCE).mean()),
                 "nearly_flat": float(((part["sx"] - uniform).abs() <= FLAT * uniform).mean()),
+                "flagged": int(part["flagged"].sum()),  # pairs whose estimated error exceeds the trial's tol
                 "median_product": float(product.median()),
             })
     return pd.DataFrame(rows)

@@ -72,7 +72,8 @@ class PacketConfig:
     spaces: tuple[str, ...] = SPACES  # which spaces to measure; key=value takes a comma list
     dims: int | None = 32  # K sampled dimensions per space, drawn once per trial; None (`all`): every one
     estimator: str = AUTO  # auto (piecewise for ReLU/MaxPool nets with few kinks per line, else gauss; gauss whenever loss_clip is set) | piecewise | gauss | mc
-    nodes: int = 32  # evaluations per dimension
+    nodes: int = 32  # evaluations per dimension (auto: gauss starts here and doubles up to 512 to meet tol)
+    tol: float = 1e-2  # relative error on sx and sp auto refines to; pairs whose estimate misses it are flagged
     replicates: int = 8  # Monte-Carlo batches behind the standard errors
     loss_clip: float | None = None  # clip the loss at C (paper supp. footnote 1)
     chunk: int | None = None  # dimensions per packet task, all classes riding along (None: 64 on the CPU; on a GPU a space's dimensions split evenly over the workers)
@@ -87,6 +88,8 @@ class PacketConfig:
             raise UserError(f"estimator={self.estimator!r}: use one of {', '.join((AUTO, *ESTIMATORS))}")
         if self.estimator == "mc" and (problem := mc_problem(self.nodes, self.replicates)):
             raise UserError(f"estimator=mc: {problem}, e.g. nodes=32 replicates=8")
+        if not self.tol > 0:
+            raise UserError(f"tol={self.tol}: a relative error tolerance is positive, e.g. tol=0.01")
         if self.loss_clip is not None and not self.loss_clip > 0:
             raise UserError(f"loss_clip={self.loss_clip}: the loss is clipped at a positive constant, e.g. loss_clip=5")
         if self.estimator == "piecewise" and self.loss_clip is not None:

@@ -8,19 +8,23 @@ and, by forward-mode AD, dz/dt; from them the loss g and slope g' of every label
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
 CPU_BATCH = 1024  # network inputs per forward-mode pass on the CPU (on the plateau: BENCHMARKS.md)
+FLOOR = 1e-3  # spreads below this fraction of a flat packet's scale count as that scale in relative errors
 
 
 @dataclass(frozen=True)
 class PacketStats:
     """Per-pair packet statistics, every tensor shaped (len(dims), num_classes), float64.
 
-    ``se_sx``/``se_sp`` are standard errors for ``estimator="mc"`` and None otherwise.
+    ``err_sx``, ``err_sp`` estimate each value's own error (SPEC 1.3): Monte-Carlo's standard
+    error; for gauss the difference to the rule of half the nodes; for piecewise its
+    sub-piece quadrature and float round-off (see `core.packets`). ``evaluations`` counts
+    the network evaluations of each dimension, ``estimator`` names what computed them.
     """
 
     sx: torch.Tensor
@@ -30,15 +34,44 @@ class PacketStats:
     beta: torch.Tensor
     boundary_term: torch.Tensor  # B = (b - <x>) psi(b)² - (a - <x>) psi(a)² (SPEC 1.2; not `B`: DuckDB folds it to `b`)
     bound: torch.Tensor  # |1 - B| / 2, the exact finite-interval bound on sx·sp
-    se_sx: torch.Tensor | None = None
-    se_sp: torch.Tensor | None = None
-    evaluations: torch.Tensor | None = None  # (len(dims),) network evaluations per dimension (piecewise)
+    err_sx: torch.Tensor | None = None
+    err_sp: torch.Tensor | None = None
+    evaluations: torch.Tensor | None = None  # (len(dims),) network evaluations per dimension
+    estimator: str = ""
 
     @property
     def product(self) -> torch.Tensor:
         """sx·sp, the left side of the uncertainty relation."""
         return self.sx * self.sp
 
+    def misses(self, tol: float, width: torch.Tensor) -> torch.Tensor:
+        """(D, C) True where the estimated relative error of sx or sp exceeds `tol`.
+
+        Relative to max(value, FLOOR × its scale on an interval of `width` (D,)): the spreads
+        of a nearly flat packet go to 0 (sp) and have no relative error to speak of.
+        """
+        w = width.to(self.sx)[:, None]
+        return (self.err_sx > tol * torch.clamp(self.sx, min=FLOOR * w)) | (
+            self.err_sp > tol * torch.clamp(self.sp, min=FLOOR / w)
+        ) | ~torch.isfinite(self.err_sx * self.err_sp)
+
+    def part(self, rows: torch.Tensor) -> PacketStats:
+        """The statistics of some dimensions (a bool mask or indices over the first axis)."""
+        return PacketStats(**{
+            f.name: (getattr(self, f.name)[rows] if isinstance(getattr(self, f.name), torch.Tensor) else getattr(self, f.name))
+            for f in fields(PacketStats)
+        })
+
+    def with_part(self, rows: torch.Tensor, other: PacketStats) -> PacketStats:
+        """These statistics with the dimensions `rows` (a bool mask) taken from `other`."""
+        out = {}
+        for f in fields(PacketStats):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, torch.Tensor):
+                mine = mine.clone()
+                mine[rows.to(mine.device)] = theirs.to(mine)
+            out[f.name] = mine
+        return PacketStats(**out)
 
 
 def line_losses(

@@ -13,6 +13,28 @@ point and x_i = t runs over [a, b] (SPEC 1.2):
 and the exact finite-interval bound sx·sp >= |1 - B|/2 with
 B = (b - <x>) psi(b)² - (a - <x>) psi(a)².
 
+Every value comes with an estimate of its own error (err_sx, err_sp; SPEC 1.3, revised
+2026-12-01). Monte-Carlo: the standard error over independent replicate batches.
+Gauss: GAUSS_SAFETY times the difference to the rule of half the nodes (which costs half
+as many evaluations again). Gauss-Legendre converges erratically where g' jumps (ReLU
+kinks): the bare difference fell short of the true error on a fifth of a ReLU net's
+pairs, 4 times it on 5%, 6 times it on 3-4% (tests/test_errors.py measures the coverage).
+It is safe rather than sharp: it is the error of the half rule, and where the rules
+converge exponentially (smooth nets, before float round-off takes over) that is far above
+the error of the rule reported (measured 10^2 to 10^5 times on sharp softplus nets;
+extrapolating the convergence from a third rule was sharper but covered only 66-94% of the
+pairs). Piecewise: the difference between its sub-piece rule and one of half the nodes
+(no more network evaluations), and its float round-off: PIECE_ROUNDOFF times the line's
+largest relative logit jump at a breakpoint times its pieces (measured against float64
+piecewise: 1.6e-6 to 2.2e-3 relative on sp, within 3.5 times that product).
+Every estimate has a floor of ROUNDOFF epsilons of the model's dtype, relative: float32
+nets carry round-off of 1e-8 to 2e-5 relative that no comparison of rules can see.
+
+`auto` (the default) takes piecewise where the net is ReLU/MaxPool with few kinks per line,
+else gauss; with gauss it refines every dimension whose estimated relative error misses
+`tol` by doubling its nodes, up to REFINE_CAP; what still misses is left for the caller to
+flag (`PacketStats.misses`).
+
 This module is pure torch: no Ray, no file formats.
 """
 
@@ -24,12 +46,19 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from raysweep.choices import ESTIMATORS, mc_problem
+from raysweep.choices import AUTO, ESTIMATORS, mc_problem
 from raysweep.core import models, piecewise, quadrature
 from raysweep.core.lines import PacketStats, default_batch, line_losses, moments
 
 DEFAULT_REPLICATES = 8  # independent Monte-Carlo batches behind the standard errors
+DEFAULT_TOL = 1e-2  # relative error auto refines to
 PIECEWISE_ROWS_PER_LINE = 16  # piecewise walks batch_size / this many lines at once (about 1.5 MiB each on mnist_conv3)
+AUTO_PROBE_LINES = 2  # lines auto probes to choose between piecewise and gauss
+AUTO_MAX_PIECES = 256  # pieces per probed line above which auto takes gauss
+REFINE_CAP = 512  # Gauss nodes per dimension auto refines up to
+GAUSS_SAFETY = 6.0  # gauss error estimate: this times |Q_n - Q_{n/2}| (see the module's docstring)
+ROUNDOFF = 16.0  # round-off floor of every estimate, in epsilons of the model's dtype
+PIECE_ROUNDOFF = 4.0  # piecewise: this times a line's largest logit jump times its pieces, relative (`piecewise.stats`)
 
 
 def packet_stats(
@@ -39,14 +68,15 @@ def packet_stats(
     a: float | torch.Tensor,
     b: float | torch.Tensor,
     *,
-    estimator: str = "gauss",
+    estimator: str = AUTO,
     nodes: int = 32,
+    tol: float = DEFAULT_TOL,
     replicates: int = DEFAULT_REPLICATES,
     loss_clip: float | None = None,
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
 ) -> PacketStats:
-    """Δx and Δp of every (dimension, class) pair of ``model`` around ``x_base``.
+    """Δx and Δp of every (dimension, class) pair of ``model`` around ``x_base``, each with its error estimate.
 
     Args:
         model: maps a batch (n, *x_base.shape) to logits (n, C). It is run in
@@ -55,24 +85,26 @@ def packet_stats(
         x_base: the base point (mean training input, or mean feature vector).
         dims: flat indices into x_base.
         a, b: interval ends, floats or tensors shaped (len(dims),).
-        estimator: ``"gauss"`` (Gauss-Legendre) or ``"mc"`` (the paper's
-            uniform Monte-Carlo, with standard errors from ``replicates``
-            independent batches of nodes/replicates samples each).
-        nodes: evaluations per dimension inside (a, b); 2 more at a and b
-            give psi(a), psi(b) for the bound.
+        estimator: ``"auto"`` (piecewise where it applies, else gauss refined to ``tol``; see
+            `choose`), ``"piecewise"`` (exact linear pieces of a ReLU/MaxPool net),
+            ``"gauss"`` (Gauss-Legendre with ``nodes``) or ``"mc"`` (the paper's uniform
+            Monte-Carlo, standard errors from ``replicates`` batches of nodes/replicates each).
+        nodes: gauss and mc evaluations per dimension inside (a, b) (auto starts gauss there);
+            gauss adds nodes/2 for its error estimate, and every rule 2 at a and b for the bound.
+        tol: relative error on sx and sp that auto refines gauss to (`PacketStats.misses`).
         loss_clip: clip the loss at this constant (paper supp. footnote 1); not with ``"piecewise"``.
         batch_size: network inputs per pass; sets the peak memory (not len(dims)).
         generator: randomness for ``"mc"``.
 
     Returns:
-        PacketStats with tensors shaped (len(dims), C).
+        PacketStats with tensors shaped (len(dims), C), ``estimator`` naming the one used.
 
     Example:
         >>> stats = packet_stats(model.eval(), x_train.mean(0), [300, 301], 0.0, 1.0)
-        >>> (stats.sx * stats.sp >= stats.bound).all()
+        >>> (stats.sx * stats.sp >= stats.bound).all(), stats.estimator, stats.err_sp.max()
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; supported: {', '.join(ESTIMATORS)}")
+    if estimator not in (AUTO, *ESTIMATORS):
+        raise ValueError(f"unknown estimator {estimator!r}; supported: {', '.join((AUTO, *ESTIMATORS))}")
     if estimator == "piecewise" and loss_clip is not None:
         # The clip bends the loss inside a linear piece, where the sub-pieces' Gauss rules do not look
         # for it: on a two-logit linear model that cost 1.8% on sp and 4.9% on <p> (tests/test_references.py).
@@ -80,41 +112,140 @@ def packet_stats(
                          "use estimator='gauss' with loss_clip")
     if estimator == "mc" and (problem := mc_problem(nodes, replicates)):
         raise ValueError(f"estimator 'mc': {problem}")
+    if not tol > 0:
+        raise ValueError(f"tol={tol}: a relative error tolerance is positive, e.g. 1e-2")
     dims = torch.as_tensor(dims, dtype=torch.long).reshape(-1)
     a = torch.as_tensor(a, dtype=torch.float64, device=x_base.device).expand(dims.shape).clone()
     b = torch.as_tensor(b, dtype=torch.float64, device=x_base.device).expand(dims.shape).clone()
+    eps = torch.finfo(x_base.dtype).eps
     with models.eval_mode(model), models.exact_float32():
-        if estimator == "piecewise":
-            # Lines walk together; a group's memory grows with its pieces, so groups are set by the batch size.
-            batch = batch_size or default_batch(model, x_base)
-            lines = max(1, batch // PIECEWISE_ROWS_PER_LINE)
-            parts = [
-                piecewise.stats(
-                    model, x_base, dims[i : i + lines], a[i : i + lines], b[i : i + lines],
-                    loss_clip=loss_clip, batch_size=batch,
-                )
-                for i in range(0, max(dims.numel(), 1), lines)
-            ]
-            return PacketStats(**{
-                f.name: torch.cat([getattr(p, f.name) for p in parts]) if getattr(parts[0], f.name) is not None else None
-                for f in dataclasses.fields(PacketStats)
-            })
-        t, w = quadrature.rule(estimator, nodes, a, b, generator=generator)
-        g, dg = line_losses(
-            model, x_base, dims, torch.cat([t, a[:, None], b[:, None]], 1), loss_clip=loss_clip, batch_size=batch_size
-        )
-    g_a, g_b = g[:, -2], g[:, -1]
-    g, dg = g[:, :-2], dg[:, :-2]
-    stats = moments(t, w, g, dg, g_a, g_b, a, b)
-    if estimator == "gauss":
-        return stats
-    per = nodes // replicates
+        chosen = choose(model, x_base, dims, a, b, loss_clip=loss_clip) if estimator == AUTO else estimator
+        if chosen == "piecewise":
+            return _piecewise(model, x_base, dims, a, b, eps, loss_clip=loss_clip, batch_size=batch_size)
+        if chosen == "mc":
+            return _monte_carlo(model, x_base, dims, a, b, eps, nodes, replicates, loss_clip, batch_size, generator)
+        stats = _gauss(model, x_base, dims, a, b, eps, nodes, loss_clip, batch_size)
+        if estimator == AUTO:
+            stats = _refine(stats, model, x_base, dims, a, b, eps, nodes, tol, loss_clip, batch_size)
+    return stats
+
+
+def choose(
+    model: nn.Module, x_base: torch.Tensor, dims: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+    *, loss_clip: float | None = None,
+) -> str:
+    """auto's choice: piecewise where the net is ReLU/MaxPool and its lines have few pieces, else gauss.
+
+    gauss whenever the loss is clipped (the walk does not see the clip's kink). Otherwise
+    the first AUTO_PROBE_LINES lines are probed: walked with at most AUTO_MAX_PIECES pieces
+    each. Denser kinks (resnet9 has about 10^4 per unit of pixel) make the walk cost more
+    than fine Gauss rules, and float32 cannot resolve them (BENCHMARKS.md). Lines that
+    change activation pattern between AUTO_MAX_PIECES + 1 evenly spaced points at every
+    gap have too many pieces for sure, which one batched pass shows without the walk's
+    AUTO_MAX_PIECES sequential steps (resnet9 on a 2-core CPU: 4 s instead of 32 s).
+    """
+    if loss_clip is not None:
+        return "gauss"
+    n = min(AUTO_PROBE_LINES, dims.numel())
+    device = x_base.device
+    probe = (model, x_base, dims[:n], a[:n].to(device), b[:n].to(device))
+    try:
+        with models.eval_mode(model), models.exact_float32():
+            if int(piecewise.pattern_changes(*probe, points=AUTO_MAX_PIECES + 1).max()) >= AUTO_MAX_PIECES:
+                return "gauss"
+            piecewise.walk(*probe, max_pieces=AUTO_MAX_PIECES)
+    except piecewise.Unsupported:  # not ReLU/MaxPool, too many pieces, or a nonlinearity the walk cannot see
+        return "gauss"
+    return "piecewise"
+
+
+def _rule(model, x_base, dims, a, b, method, n, loss_clip, batch_size, generator=None):
+    """Moments of an n-node rule on each line, with the nodes, weights, losses and slopes behind them."""
+    t, w = quadrature.rule(method, n, a, b, generator=generator)
+    g, dg = line_losses(model, x_base, dims, torch.cat([t, a[:, None], b[:, None]], 1), loss_clip=loss_clip,
+                        batch_size=batch_size)
+    g_a, g_b, g, dg = g[:, -2], g[:, -1], g[:, :-2], dg[:, :-2]
+    return moments(t, w, g, dg, g_a, g_b, a, b), (t, w, g, dg, g_a, g_b)
+
+
+def _gauss(model, x_base, dims, a, b, eps, n, loss_clip, batch_size) -> PacketStats:
+    """Gauss-Legendre with n nodes; the error GAUSS_SAFETY times the difference to the rule of n/2."""
+    fine, _ = _rule(model, x_base, dims, a, b, "gauss", n, loss_clip, batch_size)
+    half, _ = _rule(model, x_base, dims, a, b, "gauss", max(1, n // 2), loss_clip, batch_size)
+    evaluations = torch.full(dims.shape, n + max(1, n // 2) + 4, dtype=torch.long)
+    return _with_errors(fine, half, eps, GAUSS_SAFETY, evaluations, "gauss")
+
+
+def _refine(stats, model, x_base, dims, a, b, eps, n, tol, loss_clip, batch_size) -> PacketStats:
+    """Double the nodes of every dimension that misses `tol` until it meets it or reaches REFINE_CAP;
+    the error of each new rule is taken from the one before (so only the new rule is evaluated)."""
+    width = (b - a).cpu()
+    while 2 * n <= REFINE_CAP:
+        redo = stats.misses(tol, width).any(1)
+        if not redo.any():
+            break
+        n *= 2
+        rows = redo.nonzero().squeeze(1).to(dims.device)
+        fine, _ = _rule(model, x_base, dims[rows], a[rows], b[rows], "gauss", n, loss_clip, batch_size)
+        before = stats.part(redo)
+        refined = _with_errors(fine, before, eps, GAUSS_SAFETY, before.evaluations + n + 2, "gauss")
+        stats = stats.with_part(redo, refined)
+    return stats
+
+
+def _monte_carlo(model, x_base, dims, a, b, eps, n, replicates, loss_clip, batch_size, generator) -> PacketStats:
+    """The paper's uniform Monte-Carlo; the error is the standard error over `replicates` batches."""
+    stats, (t, w, g, dg, g_a, g_b) = _rule(model, x_base, dims, a, b, "mc", n, loss_clip, batch_size, generator)
+    per = n // replicates
     reps = [
         moments(t[:, s : s + per], w[:, s : s + per] * replicates, g[:, s : s + per], dg[:, s : s + per], g_a, g_b, a, b)
-        for s in range(0, nodes, per)
+        for s in range(0, n, per)
     ]
-    return dataclasses.replace(stats, se_sx=_standard_error([r.sx for r in reps]), se_sp=_standard_error([r.sp for r in reps]))
+    floor = _roundoff(stats, eps)
+    return dataclasses.replace(
+        stats, err_sx=torch.maximum(_standard_error([r.sx for r in reps]), floor[0]),
+        err_sp=torch.maximum(_standard_error([r.sp for r in reps]), floor[1]),
+        evaluations=torch.full(dims.shape, n + 2, dtype=torch.long), estimator="mc",
+    )
 
+
+def _piecewise(model, x_base, dims, a, b, eps, *, loss_clip, batch_size) -> PacketStats:
+    """The exact linear pieces (`piecewise.stats`), lines walking together in groups set by the batch size
+    (a group's memory grows with its pieces)."""
+    batch = batch_size or default_batch(model, x_base)
+    lines = max(1, batch // PIECEWISE_ROWS_PER_LINE)
+    parts = []
+    for i in range(0, max(dims.numel(), 1), lines):
+        fine, half, slack = piecewise.stats(model, x_base, dims[i : i + lines], a[i : i + lines], b[i : i + lines],
+                                            loss_clip=loss_clip, batch_size=batch)
+        parts.append(_with_errors(fine, half, eps, 1.0, fine.evaluations, "piecewise", slack=PIECE_ROUNDOFF * slack))
+    return PacketStats(**{
+        f.name: torch.cat([getattr(p, f.name) for p in parts]) if isinstance(getattr(parts[0], f.name), torch.Tensor)
+        else getattr(parts[0], f.name)
+        for f in dataclasses.fields(PacketStats)
+    })
+
+
+def _with_errors(fine: PacketStats, coarse: PacketStats, eps: float, safety: float, evaluations: torch.Tensor,
+                 estimator: str, slack: torch.Tensor | None = None) -> PacketStats:
+    """`fine` with err = max(safety × |fine - coarse|, its round-off floor) for sx and sp; `slack` (D,)
+    raises the floor to that relative error."""
+    floor_sx, floor_sp = _roundoff(fine, eps)
+    if slack is not None:
+        slack = slack.to(fine.sx)[:, None]
+        floor_sx, floor_sp = torch.maximum(floor_sx, slack * fine.sx.abs()), torch.maximum(floor_sp, slack * fine.sp.abs())
+    return dataclasses.replace(
+        fine,
+        err_sx=torch.maximum(safety * (fine.sx - coarse.sx).abs(), floor_sx),
+        err_sp=torch.maximum(safety * (fine.sp - coarse.sp).abs(), floor_sp),
+        evaluations=evaluations.cpu(), estimator=estimator,
+    )
+
+
+def _roundoff(stats: PacketStats, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """ROUNDOFF epsilons of the model's dtype, relative to sx and sp. (sp² is integrated in centred
+    form, so its cancellation does not amplify this; tests/test_packets.py checks a nearly flat packet.)"""
+    return ROUNDOFF * eps * stats.sx.abs(), ROUNDOFF * eps * stats.sp.abs()
 
 
 def _standard_error(replicate_values: list[torch.Tensor]) -> torch.Tensor:

@@ -18,15 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from raysweep.core import attacks, data, features, models, piecewise, train
+from raysweep.core import attacks, data, features, models, train
 from raysweep.core.config import TrialConfig
 from raysweep.errors import UserError
 from raysweep.core.lines import PacketStats
 from raysweep.core.packets import packet_stats
 
 PCA_DIMS = 50  # embeddings keep this many principal components (t-SNE's usual input)
-AUTO_PROBE_LINES = 2  # lines estimator=auto probes to choose between piecewise and gauss
-AUTO_MAX_PIECES = 256  # pieces per probed line above which auto takes gauss
 CPU_CHUNK = 64  # dimensions per packet task on the CPU (chunk=None): enough tasks to spread over Ray workers
 
 
@@ -40,8 +38,9 @@ class PacketTask:
     dims: torch.Tensor  # (D,) flat indices
     a: torch.Tensor  # (D,) interval starts
     b: torch.Tensor  # (D,) interval ends
-    estimator: str
+    estimator: str  # as configured: auto chooses per chunk (`packets.choose`)
     nodes: int
+    tol: float
     replicates: int
     loss_clip: float | None
     seed: int  # Monte-Carlo nodes of this chunk
@@ -50,10 +49,10 @@ class PacketTask:
         """The chunk's statistics, on the device of its tensors, returned on the CPU."""
         stats = packet_stats(
             self.model, self.x_base, self.dims, self.a, self.b,
-            estimator=self.estimator, nodes=self.nodes, replicates=self.replicates,
+            estimator=self.estimator, nodes=self.nodes, tol=self.tol, replicates=self.replicates,
             loss_clip=self.loss_clip, generator=torch.Generator().manual_seed(self.seed),
         )
-        return PacketStats(**{k: v.cpu() if v is not None else None for k, v in stats.__dict__.items()})
+        return PacketStats(**{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in stats.__dict__.items()})
 
     def to(self, device: torch.device | str) -> PacketTask:
         """The same chunk with its model and tensors on `device` (the model is moved, not copied)."""
@@ -257,17 +256,11 @@ class Trial:
         cfg = self.config
         dims = self.dims[space]
         a, b = (torch.as_tensor(v, dtype=torch.float64).cpu().expand(x_base.numel())[dims] for v in (lo, hi))
-        if cfg.packets.estimator != "auto":
-            estimator = cfg.packets.estimator
-        elif cfg.packets.loss_clip is not None:  # the walk cannot see the clip's kink (packets.packet_stats)
-            estimator = "gauss"
-        else:
-            estimator = _auto_estimator(model, x_base, dims, a, b)
         chunk = cfg.packets.chunk or self._default_chunk(dims.numel())
         return [
             PacketTask(
                 space, model, x_base, dims[i : i + chunk], a[i : i + chunk], b[i : i + chunk],
-                estimator, cfg.packets.nodes, cfg.packets.replicates, cfg.packets.loss_clip,
+                cfg.packets.estimator, cfg.packets.nodes, cfg.packets.tol, cfg.packets.replicates, cfg.packets.loss_clip,
                 seed=_chunk_seed(cfg.seed, epoch, space, i),
             )
             for i in range(0, dims.numel(), chunk)
@@ -309,29 +302,6 @@ class Trial:
         }
 
 
-def _auto_estimator(model: nn.Module, x_base: torch.Tensor, dims: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> str:
-    """piecewise where the net is ReLU/MaxPool and its lines have few pieces, else gauss.
-
-    The first AUTO_PROBE_LINES lines are probed: walked with at most AUTO_MAX_PIECES pieces each.
-    Denser kinks (resnet9 has about 10^4 per unit of pixel) make the walk cost more
-    than fine Gauss rules, and float32 cannot resolve them (BENCHMARKS.md). Lines that
-    change activation pattern between AUTO_MAX_PIECES + 1 evenly spaced points at every
-    gap have too many pieces for sure, which one batched pass shows without the walk's
-    AUTO_MAX_PIECES sequential steps (resnet9 on a 2-core CPU: 4 s instead of 32 s).
-    """
-    n = min(AUTO_PROBE_LINES, dims.numel())
-    device = x_base.device
-    probe = (model, x_base, dims[:n], a[:n].to(device), b[:n].to(device))
-    try:
-        with models.eval_mode(model), models.exact_float32():
-            if int(piecewise.pattern_changes(*probe, points=AUTO_MAX_PIECES + 1).max()) >= AUTO_MAX_PIECES:
-                return "gauss"
-            piecewise.walk(*probe, max_pieces=AUTO_MAX_PIECES)
-    except piecewise.Unsupported:  # not ReLU/MaxPool, too many pieces, or a nonlinearity the walk cannot see
-        return "gauss"
-    return "piecewise"
-
-
 def _chunk_seed(seed: int, epoch: int, space: str, start: int) -> int:
     """Seed of one packet chunk, the same in every process (Python's str hash is salted per process)."""
     return zlib.crc32(f"{seed}/{epoch}/{space}/{start}".encode())
@@ -365,7 +335,6 @@ def _packet_columns(tasks: Sequence[PacketTask], results: Sequence[PacketStats],
     columns: dict[str, list[np.ndarray]] = {}
     for task, stats in zip(tasks, results, strict=True):
         D, C = stats.sx.shape
-        se_missing = np.full(D * C, np.nan)
         part = {
             "epoch": np.full(D * C, epoch, np.int32),
             "space": np.array([task.space] * (D * C)),
@@ -374,12 +343,11 @@ def _packet_columns(tasks: Sequence[PacketTask], results: Sequence[PacketStats],
             "a": task.a.repeat_interleave(C).numpy(),
             "b": task.b.repeat_interleave(C).numpy(),
             **{k: getattr(stats, k).reshape(-1).cpu().numpy() for k in ("sx", "sp", "mean_x", "mean_p", "beta", "boundary_term", "bound")},
-            "estimator": np.array([task.estimator] * (D * C)),
-            # piecewise: the network evaluations each dimension took; otherwise the rule's nodes
-            "nodes": (stats.evaluations.repeat_interleave(C).numpy().astype(np.int32) if stats.evaluations is not None
-                      else np.full(D * C, task.nodes, np.int32)),
-            "se_sx": stats.se_sx.reshape(-1).cpu().numpy() if stats.se_sx is not None else se_missing,
-            "se_sp": stats.se_sp.reshape(-1).cpu().numpy() if stats.se_sp is not None else se_missing,
+            "estimator": np.array([stats.estimator] * (D * C)),
+            "nodes": stats.evaluations.repeat_interleave(C).numpy().astype(np.int32),  # network evaluations of the dim
+            "err_sx": stats.err_sx.reshape(-1).numpy(),
+            "err_sp": stats.err_sp.reshape(-1).numpy(),
+            "flagged": stats.misses(task.tol, task.b - task.a).reshape(-1).numpy() & (task.b > task.a).repeat_interleave(C).numpy(),
         }
         for key, value in part.items():
             columns.setdefault(key, []).append(value)
