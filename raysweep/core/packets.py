@@ -173,7 +173,7 @@ def _gauss(model, x_base, dims, a, b, eps, n, loss_clip, batch_size) -> PacketSt
     fine, _ = _rule(model, x_base, dims, a, b, "gauss", n, loss_clip, batch_size)
     half, _ = _rule(model, x_base, dims, a, b, "gauss", max(1, n // 2), loss_clip, batch_size)
     evaluations = torch.full(dims.shape, n + max(1, n // 2) + 4, dtype=torch.long)
-    return _with_errors(fine, half, eps, GAUSS_SAFETY, evaluations, "gauss")
+    return _with_errors(fine, *_differences(fine, half, GAUSS_SAFETY), eps, evaluations, "gauss")
 
 
 def _refine(stats, model, x_base, dims, a, b, eps, n, tol, loss_clip, batch_size) -> PacketStats:
@@ -188,7 +188,7 @@ def _refine(stats, model, x_base, dims, a, b, eps, n, tol, loss_clip, batch_size
         rows = redo.nonzero().squeeze(1).to(dims.device)
         fine, _ = _rule(model, x_base, dims[rows], a[rows], b[rows], "gauss", n, loss_clip, batch_size)
         before = stats.part(redo)
-        refined = _with_errors(fine, before, eps, GAUSS_SAFETY, before.evaluations + n + 2, "gauss")
+        refined = _with_errors(fine, *_differences(fine, before, GAUSS_SAFETY), eps, before.evaluations + n + 2, "gauss")
         stats = stats.with_part(redo, refined)
     return stats
 
@@ -201,12 +201,8 @@ def _monte_carlo(model, x_base, dims, a, b, eps, n, replicates, loss_clip, batch
         moments(t[:, s : s + per], w[:, s : s + per] * replicates, g[:, s : s + per], dg[:, s : s + per], g_a, g_b, a, b)
         for s in range(0, n, per)
     ]
-    floor = _roundoff(stats, eps)
-    return dataclasses.replace(
-        stats, err_sx=torch.maximum(_standard_error([r.sx for r in reps]), floor[0]),
-        err_sp=torch.maximum(_standard_error([r.sp for r in reps]), floor[1]),
-        evaluations=torch.full(dims.shape, n + 2, dtype=torch.long), estimator="mc",
-    )
+    return _with_errors(stats, _standard_error([r.sx for r in reps]), _standard_error([r.sp for r in reps]), eps,
+                        torch.full(dims.shape, n + 2, dtype=torch.long), "mc")
 
 
 def _piecewise(model, x_base, dims, a, b, eps, *, loss_clip, batch_size) -> PacketStats:
@@ -218,7 +214,8 @@ def _piecewise(model, x_base, dims, a, b, eps, *, loss_clip, batch_size) -> Pack
     for i in range(0, max(dims.numel(), 1), lines):
         fine, half, slack = piecewise.stats(model, x_base, dims[i : i + lines], a[i : i + lines], b[i : i + lines],
                                             loss_clip=loss_clip, batch_size=batch)
-        parts.append(_with_errors(fine, half, eps, 1.0, fine.evaluations, "piecewise", slack=PIECE_ROUNDOFF * slack))
+        parts.append(_with_errors(fine, *_differences(fine, half, 1.0), eps, fine.evaluations, "piecewise",
+                                  slack=PIECE_ROUNDOFF * slack))
     return PacketStats(**{
         f.name: torch.cat([getattr(p, f.name) for p in parts]) if isinstance(getattr(parts[0], f.name), torch.Tensor)
         else getattr(parts[0], f.name)
@@ -226,20 +223,21 @@ def _piecewise(model, x_base, dims, a, b, eps, *, loss_clip, batch_size) -> Pack
     })
 
 
-def _with_errors(fine: PacketStats, coarse: PacketStats, eps: float, safety: float, evaluations: torch.Tensor,
+def _differences(fine: PacketStats, coarse: PacketStats, safety: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """safety × |fine - coarse| for sx and sp: the error estimate from a coarser rule."""
+    return safety * (fine.sx - coarse.sx).abs(), safety * (fine.sp - coarse.sp).abs()
+
+
+def _with_errors(stats: PacketStats, err_sx: torch.Tensor, err_sp: torch.Tensor, eps: float, evaluations: torch.Tensor,
                  estimator: str, slack: torch.Tensor | None = None) -> PacketStats:
-    """`fine` with err = max(safety × |fine - coarse|, its round-off floor) for sx and sp; `slack` (D,)
-    raises the floor to that relative error."""
-    floor_sx, floor_sp = _roundoff(fine, eps)
+    """`stats` with these errors, each raised to its round-off floor (`_roundoff`; `slack` (D,) raises the
+    floor to that relative error), its evaluations and the estimator's name."""
+    floor_sx, floor_sp = _roundoff(stats, eps)
     if slack is not None:
-        slack = slack.to(fine.sx)[:, None]
-        floor_sx, floor_sp = torch.maximum(floor_sx, slack * fine.sx.abs()), torch.maximum(floor_sp, slack * fine.sp.abs())
-    return dataclasses.replace(
-        fine,
-        err_sx=torch.maximum(safety * (fine.sx - coarse.sx).abs(), floor_sx),
-        err_sp=torch.maximum(safety * (fine.sp - coarse.sp).abs(), floor_sp),
-        evaluations=evaluations.cpu(), estimator=estimator,
-    )
+        slack = slack.to(stats.sx)[:, None]
+        floor_sx, floor_sp = torch.maximum(floor_sx, slack * stats.sx.abs()), torch.maximum(floor_sp, slack * stats.sp.abs())
+    return dataclasses.replace(stats, err_sx=torch.maximum(err_sx, floor_sx), err_sp=torch.maximum(err_sp, floor_sp),
+                               evaluations=evaluations.cpu(), estimator=estimator)
 
 
 def _roundoff(stats: PacketStats, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
