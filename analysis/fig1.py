@@ -1,12 +1,17 @@
-"""Fig. 1 of the paper (SPEC 1.8), per trial: a t-SNE of test features with the network's class
-regions shaded (depth = confidence), clean and attacked, and the region of class 8 with its clean
-and attacked points at chosen epochs.
+"""Fig. 1 of the paper (SPEC 1.8), per trial: the network's class regions over a map of its test points,
+clean and attacked, and the region of class 8 at chosen epochs.
 
     python analysis/fig1.py RUN [RUN ...] [--out DIR] [--format png|svg|pdf] [--epochs 1,21,41]
 
-`raysweep figures` draws it with this code; adapt a copy freely. The t-SNE runs on
-the PCA-50 coordinates the run stored in `embeddings/`, jointly for clean and
-attacked points.
+`raysweep figures` draws it with this code; adapt a copy freely.
+
+Positions: one t-SNE per trial, of the last epoch's clean PCA-50 test features, so every point keeps
+its place in every panel and epochs compare. An attacked point is drawn at its clean twin's place:
+what changes between A and B is the network's prediction, not the position (the map cannot show
+where in feature space the attack moved a point). Regions: each place is shaded with the prediction
+the network itself gives the nearest drawn point (clean in A and C, attacked in B and D), its depth
+that prediction's confidence; not a vote of neighbours' labels. Points are coloured by that same
+prediction, a cross where it is wrong, ringed where the attack changed it.
 """
 
 from __future__ import annotations
@@ -24,88 +29,118 @@ from sklearn.neighbors import NearestNeighbors
 
 from raysweep.analysis import script
 from raysweep.analysis.aggregates import HEADLINE_CLASS
-from raysweep.analysis.plotting import PALETTE, class_names, save
+from raysweep.analysis.plotting import PALETTE, attack_label, class_names, save
 from raysweep.analysis.results import Results
 from raysweep.choices import safe_name
 
 GRID = 150  # shading resolution per axis
+CAPTION = ("Positions: one t-SNE per trial of the last epoch's clean test features (every panel, every epoch). "
+           "Shading and point colour: the network's prediction (A, C clean; B, D attacked, drawn at the clean point's place); "
+           "x: prediction wrong; ring: the attack changed the prediction.")
+
+
+def places(frame: pd.DataFrame) -> pd.DataFrame:
+    """One place per test point for the whole trial: a t-SNE of the last epoch's clean PCA coordinates."""
+    last = frame[(frame["epoch"] == frame["epoch"].max()) & (frame["kind"] == "clean")].sort_values("point")
+    coords = np.stack(last["coords"].to_numpy()).astype(np.float64)
+    perplexity = max(2.0, min(30.0, (len(coords) - 1) / 3))
+    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0).fit_transform(coords)
+    return pd.DataFrame({"point": last["point"].to_numpy(), "x": xy[:, 0], "y": xy[:, 1]})
+
+
+def panel(frame: pd.DataFrame, where: pd.DataFrame, epoch: int, kind: str) -> pd.DataFrame:
+    """The points of one panel: place, true label, the network's prediction and confidence on the `kind`
+    (clean or attacked) input at `epoch`, whether that prediction is wrong, and whether the attack changed it."""
+    at = frame[frame["epoch"] == epoch]
+    clean = at[at["kind"] == "clean"].set_index("point")["pred"]
+    shown = at[at["kind"] == kind].set_index("point")[["label", "pred", "confidence"]]
+    points = where.set_index("point").join(shown, how="inner")
+    points["wrong"] = points["pred"] != points["label"]
+    points["changed"] = points["pred"] != clean.reindex(points.index)
+    return points.reset_index()
+
+
+def regions(points: pd.DataFrame, extent: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Per grid cell: the prediction at the nearest drawn point and its confidence (0 far from every point)."""
+    gx, gy = np.meshgrid(np.linspace(extent[0], extent[1], GRID), np.linspace(extent[2], extent[3], GRID))
+    xy = points[["x", "y"]].to_numpy()
+    finder = NearestNeighbors(n_neighbors=min(2, len(xy))).fit(xy)
+    dist, idx = finder.kneighbors(np.column_stack([gx.ravel(), gy.ravel()]), n_neighbors=1)
+    pred = points["pred"].to_numpy()[idx[:, 0]]
+    depth = points["confidence"].to_numpy()[idx[:, 0]].copy()
+    reach = np.median(finder.kneighbors(xy)[0][:, -1]) * 4
+    depth[dist[:, 0] > reach] = 0.0
+    return pred.reshape(GRID, GRID), depth.reshape(GRID, GRID)
 
 
 def draw(results: Results, out: Path, fmt: str = "png", epochs: Sequence[int] = (1, 21, 41)) -> list[Path]:
-    """Per trial with embeddings: t-SNE class regions, clean and attacked, and class 8 at chosen epochs."""
+    """Per trial with embeddings: class regions clean and attacked at the last epoch, and class 8 at chosen epochs."""
     paths = []
     for (run, trial), frame in results.embeddings.groupby(["run", "trial"]):
-        dataset = results.epochs.loc[(results.epochs["run"] == run) & (results.epochs["trial"] == trial), "dataset"]
-        names = class_names(dataset.iloc[0] if len(dataset) else "")
+        rows = results.epochs[(results.epochs["run"] == run) & (results.epochs["trial"] == trial)]
+        names = class_names(rows["dataset"].iloc[0] if len(rows) else "")
+        attack = results.attack_order(run, rows["attack"].unique())[:1]  # embeddings use the configured first
+        attacked = f"attacked ({attack_label(attack[0])})" if attack else "attacked"
         available = sorted(frame["epoch"].unique())
         chosen = sorted({min(available, key=lambda e: abs(e - want)) for want in epochs})
         final = available[-1]
-        maps = {e: _tsne_map(frame[frame["epoch"] == e]) for e in sorted({*chosen, final})}
+        where = places(frame)
+        lo, hi = where[["x", "y"]].min().to_numpy(), where[["x", "y"]].max().to_numpy()
+        pad = 0.05 * (hi - lo)
+        extent = (lo[0] - pad[0], hi[0] + pad[0], lo[1] - pad[1], hi[1] + pad[1])
         cols = max(2, len(chosen))
-        fig, axes = plt.subplots(3, cols, figsize=(4.2 * cols, 12.4), squeeze=False)
-        _regions(axes[0, 0], maps[final], kind="clean", title=f"(A) test points, true label, epoch {final}")
-        _regions(axes[0, 1], maps[final], kind="attacked", title=f"(B) attacked test points, true label, epoch {final}")
+        fig, axes = plt.subplots(3, cols, figsize=(4.2 * cols, 12.8), squeeze=False)
+        for ax, kind, letter in ((axes[0, 0], "clean", "A"), (axes[0, 1], "attacked", "B")):
+            points = panel(frame, where, final, kind)
+            what = "clean" if kind == "clean" else attacked
+            _draw_panel(ax, points, extent, kind=kind, title=f"({letter}) {what}, epoch {final}\n{_counts(points, kind)}")
         for ax in axes[0, 2:]:
             ax.axis("off")
-        handles = [plt.Line2D([], [], marker="o", linestyle="", color=PALETTE[c], label=names[c]) for c in range(len(names))]
-        fig.legend(handles=handles, title="class (C, D attacked: predicted)", loc="upper left",
-                   bbox_to_anchor=(1.0, 0.97), fontsize=8)
-        has_focus = (frame["label"] == HEADLINE_CLASS).any()
+        focus = HEADLINE_CLASS if (frame["label"] == HEADLINE_CLASS).any() else None
         for col, epoch in enumerate(chosen):
-            for row, kind in ((1, "clean"), (2, "attacked")):
-                ax = axes[row, col]
-                if has_focus:
-                    letter, points = ("C", "clean, true label") if kind == "clean" else ("D", "attacked, coloured by prediction")
-                    _regions(ax, maps[epoch], kind=kind, focus=HEADLINE_CLASS,
-                             title=f"({letter}) '{names[HEADLINE_CLASS]}' region, epoch {epoch}\n{names[HEADLINE_CLASS]} test points: {points}")
-                else:
-                    ax.axis("off")
+            for row, kind, letter in ((1, "clean", "C"), (2, "attacked", "D")):
+                if focus is None:
+                    axes[row, col].axis("off")
+                    continue
+                points = panel(frame, where, epoch, kind)
+                points = points[points["label"] == focus]
+                what = f"true {names[focus]} points, " + ("clean" if kind == "clean" else attacked)
+                _draw_panel(axes[row, col], points, extent, kind=kind, focus=focus,
+                            title=f"({letter}) '{names[focus]}' region, epoch {epoch}\n{what}\n{_counts(points, kind)}")
         for ax in axes[1:, len(chosen):].ravel():
             ax.axis("off")
-        fig.suptitle(f"{trial} ({run}): class regions of the network in a t-SNE of its test features", y=0.995)
+        handles = [plt.Line2D([], [], marker="o", linestyle="", color=PALETTE[c], label=names[c]) for c in range(len(names))]
+        handles += [plt.Line2D([], [], marker="x", linestyle="", color="black", label="prediction wrong"),
+                    plt.Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="black",
+                               markersize=9, label="attack changed it")]
+        fig.legend(handles=handles, title="network's prediction", loc="upper left", bbox_to_anchor=(1.0, 0.97), fontsize=8)
+        fig.suptitle(f"{trial} ({run}): the network's class regions over its test points", y=0.995)
+        fig.text(0.01, -0.01, CAPTION, fontsize=8, ha="left", va="top", wrap=True)
         paths.append(save(fig, out / f"fig1_{safe_name(run)}_{safe_name(trial)}.{fmt}"))
     return paths
 
 
-def _tsne_map(frame: pd.DataFrame) -> dict:
-    """Joint t-SNE of clean and attacked points, and the clean points' predicted class and confidence on a grid."""
-    frame = frame.sort_values(["kind", "point"])
-    coords = np.stack(frame["coords"].to_numpy()).astype(np.float64)
-    perplexity = max(2.0, min(30.0, (len(coords) - 1) / 3))
-    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0).fit_transform(coords)
-    clean = (frame["kind"] == "clean").to_numpy()
-    lo, hi = xy.min(0), xy.max(0)
-    pad = 0.05 * (hi - lo)
-    gx, gy = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], GRID), np.linspace(lo[1] - pad[1], hi[1] + pad[1], GRID))
-    cells = np.column_stack([gx.ravel(), gy.ravel()])
-    k = min(10, int(clean.sum()))
-    finder = NearestNeighbors(n_neighbors=k).fit(xy[clean])
-    dist, idx = finder.kneighbors(cells)
-    pred = frame["pred"].to_numpy()[clean][idx]  # (cells, k)
-    conf = frame["confidence"].to_numpy()[clean][idx]
-    vote = np.array([np.bincount(row, minlength=10).argmax() for row in pred])
-    depth = (conf * (pred == vote[:, None])).mean(1)  # agreeing neighbours' confidence
-    reach = np.median(finder.kneighbors(xy[clean], n_neighbors=min(2, k))[0][:, -1]) * 4
-    depth[dist[:, 0] > reach] = 0  # no region far from every test point
-    return {"xy": xy, "frame": frame.reset_index(drop=True), "vote": vote.reshape(GRID, GRID),
-            "depth": depth.reshape(GRID, GRID), "extent": (gx.min(), gx.max(), gy.min(), gy.max())}
+def _counts(points: pd.DataFrame, kind: str) -> str:
+    text = f"{int(points['wrong'].sum())} of {len(points)} predicted wrong"
+    return text + (f", {int(points['changed'].sum())} changed by the attack" if kind == "attacked" else "")
 
 
-def _regions(ax: plt.Axes, m: dict, *, kind: str, title: str, focus: int | None = None) -> None:
-    rgb = np.array([to_rgb(PALETTE[c]) for c in range(10)])[m["vote"]]
-    alpha = m["depth"] * (0.45 if focus is None else 0.8)
-    if focus is not None:
-        alpha = np.where(m["vote"] == focus, alpha, 0.0)
-    ax.imshow(np.dstack([rgb, alpha]), origin="lower", extent=m["extent"], aspect="auto", interpolation="bilinear")
-    frame = m["frame"]
-    show = (frame["kind"] == kind).to_numpy()
-    if focus is not None:
-        show = show & (frame["label"] == focus).to_numpy()
-    # Clean points wear their true label; in the class-8 panels attacked points wear the label the network gives them.
-    colour = frame["pred"] if (focus is not None and kind == "attacked") else frame["label"]
-    ax.scatter(m["xy"][show, 0], m["xy"][show, 1], c=[PALETTE[c] for c in colour[show]], s=7,
-               edgecolors="black" if focus is not None else "none", linewidths=0.3)
-    ax.set(title=title, xticks=[], yticks=[], xlabel="t-SNE 1", ylabel="t-SNE 2")
+def _draw_panel(ax: plt.Axes, points: pd.DataFrame, extent: tuple, *, kind: str, title: str, focus: int | None = None) -> None:
+    if len(points):
+        pred, depth = regions(points, extent)
+        rgb = np.array([to_rgb(PALETTE[c]) for c in range(10)])[pred]
+        alpha = depth * (0.45 if focus is None else 0.8)
+        if focus is not None:
+            alpha = np.where(pred == focus, alpha, 0.0)
+        ax.imshow(np.dstack([rgb, alpha]), origin="lower", extent=extent, aspect="auto", interpolation="nearest")
+        colour = np.array([PALETTE[c] for c in points["pred"]])
+        right, wrong = ~points["wrong"].to_numpy(), points["wrong"].to_numpy()
+        ax.scatter(points["x"][right], points["y"][right], c=colour[right], s=9, edgecolors="none")
+        ax.scatter(points["x"][wrong], points["y"][wrong], c=colour[wrong], s=22, marker="x", linewidths=1.2)
+        if kind == "attacked":
+            changed = points["changed"].to_numpy()
+            ax.scatter(points["x"][changed], points["y"][changed], s=60, facecolors="none", edgecolors="black", linewidths=0.6)
+    ax.set(title=title, xticks=[], yticks=[], xlabel="t-SNE 1", ylabel="t-SNE 2", xlim=extent[:2], ylim=extent[2:])
     ax.title.set_fontsize(9)
 
 

@@ -150,13 +150,18 @@ class RunStore:
     def check_new(self) -> None:
         """Refuse a path that is a file, an existing run, a folder of something else, or one that cannot be created.
 
-        A new path is created and removed again to prove it can be, so nothing is left behind.
+        A new path is created and removed again to prove it can be, with every folder above it that
+        did not exist (`runs/` of a default --out), so nothing is left behind.
         """
         try:
             info = self.fs.get_file_info(self.root)
             if info.type == pafs.FileType.NotFound:
+                made = self.root
+                while (parent := made.rsplit("/", 1)[0]) and parent != made and \
+                        self.fs.get_file_info(parent).type == pafs.FileType.NotFound:
+                    made = parent
                 self.fs.create_dir(self.root, recursive=True)
-                self.fs.delete_dir(self.root)
+                self.fs.delete_dir(made)
                 return
         except OSError as exc:
             reason = (str(exc).splitlines() or [type(exc).__name__])[0]

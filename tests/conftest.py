@@ -1,4 +1,5 @@
-"""Shared fixtures: every test gets its own cache folder, never ~/.cache; the suite gets its own HOME.
+"""Shared fixtures: every test gets its own cache folder, never ~/.cache; the suite gets its own HOME;
+every test leaves the process as it found it (environment, signal handlers, torch's global settings).
 
 HOME: a local Ray started with token authentication writes its token to ~/.ray/auth_token;
 the tests' Rays write theirs into the suite's own folder, never the real home.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -23,6 +26,55 @@ def private_home(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("HOME", None)
     else:
         os.environ["HOME"] = saved
+
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+RAY_SETS = ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED", "PYTHONBREAKPOINT")  # what ray.init puts in os.environ
+
+
+def _torch_state() -> dict | None:
+    """torch's process-wide settings that code under test changes (a CLI run in-process sets the thread
+    count; the packet and training stages switch TF32 and cuDNN autotuning); None before torch loads."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    return {"threads": torch.get_num_threads(), "dtype": torch.get_default_dtype(), "grad": torch.is_grad_enabled(),
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "benchmark": torch.backends.cudnn.benchmark, "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+            "matmul_tf32": torch.backends.cuda.matmul.allow_tf32, "matmul": torch.get_float32_matmul_precision()}
+
+
+def _set_torch_state(state: dict) -> None:
+    import torch
+
+    torch.set_num_threads(state["threads"])
+    torch.set_default_dtype(state["dtype"])
+    torch.set_grad_enabled(state["grad"])
+    torch.use_deterministic_algorithms(state["deterministic"])
+    torch.backends.cudnn.benchmark = state["benchmark"]
+    torch.backends.cudnn.allow_tf32 = state["cudnn_tf32"]
+    torch.backends.cuda.matmul.allow_tf32 = state["matmul_tf32"]
+    torch.set_float32_matmul_precision(state["matmul"])
+
+
+@pytest.fixture(autouse=True)
+def restored_process_state():
+    """Later tests see the process as the suite started it: a signal handler left ignored would be
+    inherited by every subprocess a later test starts (a SIGINT it sends would do nothing)."""
+    environ = dict(os.environ)
+    handlers = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    torch_state = _torch_state()
+    yield
+    # Except what Ray's own init adds (RAY_AUTH_MODE=token and the like): Ray's core reads those once per
+    # process, so a later Ray this process starts or joins must see them too, or its actors never start.
+    kept = {k: v for k, v in os.environ.items() if k not in environ and k in RAY_SETS}
+    os.environ.clear()
+    os.environ.update({**environ, **kept})
+    for sig, handler in handlers.items():
+        if signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)
+    if torch_state is not None:
+        _set_torch_state(torch_state)
 
 
 @pytest.fixture(autouse=True)

@@ -34,3 +34,15 @@ def reverse_mode(net: nn.Module, x_base: torch.Tensor, dim: int, label: int):
         return loss.item(), slope.item()
 
     return (lambda t: both(t)[0]), (lambda t: both(t)[1])
+
+
+BOUND_RTOL = 1e-6  # SPEC 1.3: the finite-interval bound holds to 1e-6, relative to the bound itself
+
+
+def assert_bound_holds(product, bound) -> None:
+    """sx·sp >= |1 - B|/2 up to 1e-6 of the bound, so the check bites at any scale: feature-space
+    bounds are ~1e-7, where an absolute 1e-6 would pass any values at all."""
+    product, bound = torch.as_tensor(product, dtype=torch.float64), torch.as_tensor(bound, dtype=torch.float64)
+    assert (bound > 0).all(), "a zero bound checks nothing"
+    worst = (product / bound).min().item()
+    assert worst >= 1 - BOUND_RTOL, f"sx·sp / bound = {worst!r} < 1 - {BOUND_RTOL}"

@@ -19,6 +19,10 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
+# How the tests start a Ray of their own in-process (with _temp_dir=a folder of the test's): address="local"
+# never joins a cluster that RAY_ADDRESS or an address file names.
+OWN_RAY = {"address": "local", "num_cpus": 2, "include_dashboard": False, "configure_logging": False,
+           "log_to_driver": False}
 KEEP_IDLE_WORKERS = {"RAY_idle_worker_killing_time_threshold_ms": "600000"}  # as README's `ray start` line
 
 
@@ -46,6 +50,14 @@ def session_processes(sid: int) -> list[int]:
         if int(fields[3]) == sid:
             pids.append(int(proc.name))
     return pids
+
+
+def ignores(pid: int, sig: signal.Signals) -> bool:
+    """Whether process `pid` ignores `sig` (its SigIgn mask in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
 
 
 def kill_session(sid: int, grace: float = 5.0) -> None:
@@ -107,10 +119,11 @@ class RayHead:
                 time.sleep(0.5)
         raise TimeoutError("the Ray head's dashboard did not come up")
 
-    def run(self, *args: str, timeout: float = 300, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    def run(self, *args: str, timeout: float = 300, extra_env: dict | None = None,
+            cwd: Path = ROOT) -> subprocess.CompletedProcess:
         """A client command (`ray job submit ...`, `raysweep ...`) with this head's token and PATH."""
         return subprocess.run(list(args), env={**self.env, **(extra_env or {})}, capture_output=True, text=True,
-                              timeout=timeout, cwd=ROOT)
+                              timeout=timeout, cwd=cwd)
 
     def stop(self) -> None:
         kill_session(self.process.pid)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
 import re
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+import readme
 from datafiles import write_idx_dataset
 from raysweep.cli import main
 
@@ -92,69 +94,28 @@ def test_preset_with_dataset_override_trains_on_a_folder_of_standard_files(tmp_p
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="device=cuda is valid where CUDA is visible")
 
-# SPEC 6 / issue 7: every kind of bad input exits 2 with one line naming the fix. README's
-# troubleshooting table shows each of these messages (test below).
-BAD_INPUT = [
-    (["run", "arch=vgg"], "unknown architecture 'vgg': use one of mnist_conv3, cifar_conv4, resnet9 or an import path"),
-    (["run", "dataset=imagenet"], "unknown dataset 'imagenet': use one of digits, synthetic, mnist, fashion-mnist, cifar10"),
-    (["run", "dataset=../x"], "unknown dataset '../x'"),
-    (["run", "dataset=synthetic:1x28"], "bad dataset 'synthetic:1x28': write synthetic, synthetic:CxHxW or synthetic:CxHxW:TRAIN:TEST"),
-    (["run", "attacks=cw:eps=1"], "unknown or malformed attack 'cw:eps=1': write it as 'pgd:eps=8/255,alpha=2/255,steps=4'"),
-    (["run", "attacks=pgd:eps=-1,alpha=1,steps=1"], "attack eps must be a finite number >= 0, got -1.0"),
-    (["run", "attacks=pgd:eps=0.1,alpha=0.01,steps=-5"], "attack steps must be an integer >= 1, got -5"),
-    (["run", "epochs"], "override 'epochs' is not key=value, e.g. epochs=10"),
-    (["run", "epoch=3"], "unknown key 'epoch' in 'epoch=3' (did you mean epochs?); valid keys: arch, dataset, seed"),
-    (["run", "epochs=-1"], "epochs=-1: must be at least 1"),
-    (["run", "seed=a"], "seed='a' is not a valid int: give a whole number"),
-    (["run", "seed=-1"], "seed=-1: must be 0 or more"),
-    (["run", "lr=-1"], "lr=-1.0: must be positive"),
-    (["run", "estimator=simpson"], "estimator='simpson': use one of auto, piecewise, gauss, mc"),
-    (["run", "precision=fp16"], "precision='fp16': use one of auto, float32, bf16"),
-    (["run", "estimator=mc", "replicates=3"], "the standard errors need replicates >= 2 that divide nodes"),
-    (["run", "spaces=color"], "spaces='color': use a comma list of pixel, feature, each once"),
-    (["run", "spaces="], "spaces= is empty: give at least one space, e.g. spaces=pixel,feature"),
-    (["run", "dims=100000"], "dims=100000 but the pixel space has only 784 dimensions: use dims=784 or dims=all"),
-    (["run", "dataset=mnist", "download=false", "data_root={tmp}/empty"], "or pass data_root=DIR"),
-    (["run", "arch=cifar_conv4"], "arch=cifar_conv4 (it expects 3x32x32) does not fit dataset=digits"),
-    (["run", "arch=collections:OrderedDict"], "name an nn.Module class with 'features' and 'classifier'"),
-    (["run", "arch=torch.nn:Identity"], "must have nn.Module attributes 'features' and 'classifier'"),
-    (["run", "arch=../evil:X"], "bad import path '../evil:X': write it as 'package.module:ClassName'"),
-    pytest.param(["run", "device=cuda"], "no CUDA device is visible: use device=cpu or device=auto", marks=NO_CUDA),
-    (["run", "--out", "{tmp}/afile"], "is a file: give a directory path for the run"),
-    (["run", "--out", "{tmp}/run"], "already holds a run: continue it with `raysweep resume"),
-    (["run", "--out", "{tmp}/notes"], "is a non-empty directory that is not a run: choose an empty or new path"),
-    (["run", "--out", "{tmp}/a", "storage={tmp}/b"], "disagree: give one of them"),
-    (["run", "--executor", "ray", "--address", "127.0.0.1:1", "--out", "{tmp}/r"], "cannot reach a Ray cluster at '127.0.0.1:1'"),
-    (["run", "--executor", "local", "--address", "auto", "--out", "{tmp}/r"],
-     "--address auto joins a Ray cluster, but --executor local runs without Ray: drop one"),
-    (["status", "{tmp}"], "is not a raysweep run (no manifest.json): give the --out path of a run"),
-    (["resume", "{tmp}/nowhere"], "is not a raysweep run (no manifest.json)"),
-    (["status", "{tmp}/lost"], "has results but no manifest.json: `raysweep resume"),
-    (["figures", "{tmp}/run", "--epochs", "a,b"], "--epochs 'a,b': give comma-separated epoch numbers, e.g. 1,21,41"),
-    # issue 13: caught where they are parsed, before data loads or Ray starts
-    (["run", "attacks="], "attacks= is empty: give at least one attack, e.g. attacks=pgd:eps=8/255,alpha=2/255,steps=4"),
-    (["run", "seed=0,0"], "seed=0,0 lists a seed twice: give each seed once"),
-    (["run", "dataset=digits,digits"], "the grid holds trial mnist_conv3-digits-s0 twice: give each (arch, dataset) pair once"),
-    (["run", "loss_clip=-1"], "loss_clip=-1.0: the loss is clipped at a positive constant, e.g. loss_clip=5"),
-    (["run", "weight_decay=-1"], "weight_decay=-1.0: must be 0 or more"),
-    (["run", "device=gpu"], "device='gpu': use auto, cpu, cuda or cuda:N"),
-    (["run", "dims="], "dims= is empty: give a value, or dims=all for every dimension"),
-    (["run", "tol=0"], "tol=0.0: a relative error tolerance is positive, e.g. tol=0.01"),
-    (["run", "estimator=piecewise", "loss_clip=5"], "estimator=piecewise with loss_clip=5.0: the walk does not locate the clip's kink"),
-    (["run", "--executor", "local", "--out", "{tmp}/afile/run"], "cannot be created ("),
-    (["run", "--executor", "local", "--out", "{tmp}/" + "x" * 300], "cannot be created ("),
-    (["figures", "{tmp}/run"], "no epoch has finished yet, so there is nothing to draw"),
-    (["figures", "{tmp}/done", "--epochs", "1,99"], "--epochs 1,99: the run has no epoch 99 (epochs 1-3 are there)"),
+# SPEC 6 / issue 7: every kind of bad input exits 2 with one line naming the fix. The cases are README's
+# troubleshooting rows themselves, run as written (cwd is the scene below, so a default --out lands there)
+# and matched whole against the message README prints.
+ELSEWHERE = {  # rows that need a cluster, and the test file that runs each with readme.row(command)
+    "raysweep run gpus=0.5": "test_cluster.py",
+    "raysweep run --address HEAD:6379": "test_jobs.py",
+    "ray job submit ... -- python jobs/sweep.py --out runs/x": "test_jobs.py",
+}
+ROWS = [r for r in readme.bad_input_rows() if r.command not in ELSEWHERE]
+BEYOND_README = [  # bad input the table covers by a condition in words
+    (["run", "--executor", "local", "--out", "DIR/" + "x" * 300], "--out ... cannot be created ([Errno 36] ...): choose a path you can write"),
 ]
-
-
-def _message(case) -> str:
-    return case.values[1] if hasattr(case, "values") else case[1]
+CASES = [pytest.param(shlex.split(r.command)[1:], r.message, marks=NO_CUDA if r.command.endswith("device=cuda") else (),
+                      id=r.command) for r in ROWS] + [pytest.param(*c, id="beyond README") for c in BEYOND_README]
 
 
 @pytest.fixture
-def bad_input_scene(tmp_path: Path) -> Path:
-    """A folder with a file, a run, a folder of notes, and a run whose manifest is lost."""
+def bad_input_scene(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """DIR of README's table: a file, an empty run, a run of epochs 1-3, a folder of notes, and a run
+    whose manifest is lost; the working directory, so that a default --out would land here. A short
+    path, as README's DIR: messages shorten paths over 60 characters."""
+    tmp_path = short_tmp
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -175,33 +136,30 @@ def bad_input_scene(tmp_path: Path) -> Path:
     lost.mkdir(parents=True)
     table = pa.table({"trial": ["t"]}).replace_schema_metadata({b"raysweep.trial": b"{}"})
     pq.write_table(table, lost / "epoch-0001.parquet")
+    monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
-@pytest.mark.parametrize("argv, message", BAD_INPUT, ids=[" ".join(getattr(c, "values", c)[0]) for c in BAD_INPUT])
-def test_bad_input_exits_2_with_one_line_naming_the_fix(
+@pytest.mark.parametrize("argv, message", CASES)
+def test_every_readme_troubleshooting_row_exits_2_with_its_message_and_writes_nothing(
     argv: list[str], message: str, bad_input_scene: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     tmp = bad_input_scene
     snapshot = lambda: {p: p.read_bytes() for p in tmp.rglob("*") if p.is_file() and "cache" not in p.parts}  # noqa: E731
     before = snapshot()
-    argv = [a.replace("{tmp}", str(tmp)) for a in argv]
-    if argv[0] == "run" and "--out" not in argv:
-        argv += ["--executor", "local", "--out", str(tmp / "out")]
-    assert main(argv) == 2
+    assert main([a.replace("DIR", str(tmp)) for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("raysweep: error: ") and err.count("\n") == 1, err
-    assert message in err
+    expected = readme.Row("", "", message).expects(tmp)
+    assert expected.fullmatch(err.removeprefix("raysweep: error: ").rstrip("\n")), (expected.pattern, err)
     assert snapshot() == before  # nothing written, nothing lost
 
 
-def test_readme_troubleshooting_table_shows_every_bad_input() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Troubleshooting") :].split("\n## ")[0]
-    rows = [line for line in section.splitlines() if line.startswith("| `")]
-    assert len(rows) >= 20
-    missing = [_message(c) for c in BAD_INPUT if _message(c).replace("|", "\\|") not in section]
-    assert not missing, f"README's troubleshooting table lacks: {missing}"
+def test_the_rows_that_need_a_cluster_are_run_there() -> None:
+    assert len(ROWS) + len(ELSEWHERE) == len(readme.bad_input_rows()) >= 45
+    for command, test_file in ELSEWHERE.items():
+        source = (Path(__file__).parent / test_file).read_text()
+        assert re.search(rf"readme\.row\([\"']{re.escape(command)}[\"']\)", source), (command, test_file)
 
 
 def test_console_script_prints_help_and_no_traceback_on_bad_input(tmp_path: Path) -> None:

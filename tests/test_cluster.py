@@ -18,7 +18,8 @@ from raysweep.cli import main
 from raysweep.run.presets import resolve
 from raysweep.errors import UserError
 from raysweep.store import RunStore
-from rayprocs import BIN, ROOT
+import readme
+from rayprocs import BIN, OWN_RAY, ROOT, ignores
 from rows import assert_same_rows, undisturbed
 
 pytestmark = pytest.mark.slow
@@ -41,6 +42,8 @@ def test_ctrl_c_exits_130_naming_resume_and_resume_finishes_with_the_undisturbed
     while not (out / "epochs" / f"trial={TRIAL}" / "epoch-0001.parquet").exists():
         assert run.poll() is None and time.monotonic() < deadline, run.communicate()
         time.sleep(0.05)
+    # A SIGINT the driver ignores (a disposition inherited from whoever started it) would do nothing.
+    assert not ignores(run.pid, signal.SIGINT), f"the driver ignores SIGINT (pytest's own: {signal.getsignal(signal.SIGINT)})"
     os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
     stdout, stderr = run.communicate(timeout=120)
     assert run.returncode == 130, stderr[-2000:]
@@ -70,24 +73,26 @@ def test_a_stale_address_file_of_a_dead_head_does_not_stop_a_run(short_tmp: Path
 
 @pytest.fixture
 def own_ray(short_tmp: Path):
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
-             _temp_dir=str(short_tmp))
+    ray.init(**OWN_RAY, _temp_dir=str(short_tmp))
     yield
     ray.shutdown()
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["gpus=0.5"], "a bundle of CPU 1, GPU 0.5 fits no node of the cluster"),
-    (["workers=3"], "the trial's 4 bundles need CPU 4 together, the cluster has CPU 2"),
+@pytest.mark.parametrize("argv, wrote", [
+    (["run", "gpus=0.5"], readme.row("raysweep run gpus=0.5")),  # README's row, as written
+    (["run", "workers=3"], readme.Row("", "", "trial ... asks for resources this cluster cannot give: the trial's "
+                                              "4 bundles need CPU 4 together, the cluster has CPU 2; lower gpus= or workers=, ...")),
 ])
 def test_a_request_no_node_can_satisfy_fails_at_once_and_writes_nothing(
-    own_ray, overrides: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    own_ray, argv: list[str], wrote: readme.Row, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # the default --out would land here
     start = time.monotonic()
-    assert main(["run", "--preset", "smoke", "--out", str(tmp_path / "r"), *overrides]) == 2
+    assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and message in err and "lower gpus= or workers=" in err, err
-    assert time.monotonic() - start < 30 and not (tmp_path / "r").exists()
+    assert err.count("\n") == 1 and wrote.expects().fullmatch(err.removeprefix("raysweep: error: ").rstrip()), err
+    assert time.monotonic() - start < 30 and not [p for p in tmp_path.iterdir() if p.name != "cache"]
 
 
 # -- several nodes ------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -94,12 +95,23 @@ def test_pooled_correlation_weights_seeds_by_fisher_z() -> None:
 
 
 def test_pair_fractions_count_the_bounds(run_dir: Path) -> None:
-    pairs = tradeoff.pair_fractions(load([str(run_dir)]))
-    packets = pd.read_parquet(run_dir / "packets").query("beta > 0 and space == 'pixel'")
+    # The tiny run's packets all sit below 1/2 and on the bound, so fractions of 0 and 1 would pass
+    # whatever is counted: move a quarter of the pixel pairs above 1/2 and a quarter to 1e-5 of their
+    # bound under it (inside an absolute 1e-6, since pixel bounds are ~3e-5).
+    results = load([str(run_dir)])
+    packets = results.packets.copy()
+    pixel = packets.index[(packets["space"] == "pixel") & (packets["beta"] > 0)]
+    above, under = pixel[0::4], pixel[1::4]
+    packets.loc[above, "sx"] = 0.6 / packets.loc[above, "sp"]
+    packets.loc[under, "sx"] = packets.loc[under, "bound"] * (1 - 1e-5) / packets.loc[under, "sp"]
+    pairs = tradeoff.pair_fractions(dataclasses.replace(results, packets=packets))
     row = pairs[(pairs["space"] == "pixel") & (pairs["scope"] == "all epochs")].iloc[0]
-    assert row["pairs"] == len(packets)
-    assert row["paper_half_holds"] == pytest.approx(((packets.sx * packets.sp) >= 0.5).mean())
-    assert row["finite_bound_holds"] == 1.0
+    assert row["pairs"] == len(pixel)
+    assert row["paper_half_holds"] == len(above) / len(pixel)
+    assert row["finite_bound_holds"] == 1 - len(under) / len(pixel)
+    last = packets.loc[pixel].groupby("trial")["epoch"].transform("max") == packets.loc[pixel, "epoch"]
+    row = pairs[(pairs["space"] == "pixel") & (pairs["scope"] == "last epoch")].iloc[0]
+    assert row["pairs"] == last.sum() and row["paper_half_holds"] == last[above].sum() / last.sum()
 
 
 def test_partial_runs_are_drawn_with_a_note(run_dir: Path, tmp_path: Path) -> None:

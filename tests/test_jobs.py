@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import readme
 from rayprocs import RayHead
 
 pytestmark = pytest.mark.slow
@@ -61,21 +62,20 @@ def test_the_readme_job_command_runs_the_smoke_sweep_and_its_logs_hold_every_epo
 
 
 def test_a_relative_out_inside_a_job_is_an_error_naming_the_fix(head: RayHead) -> None:
-    done = submit(head, "--smoke-test", "--out", "runs/relative")
+    wrote = readme.row("ray job submit ... -- python jobs/sweep.py --out runs/x")
+    done = submit(head, *wrote.command.split(" -- python jobs/sweep.py ")[1].split())
     assert done.returncode != 0
     logs = head.run("ray", "job", "logs", "--address", head.dashboard, job_id(done)).stdout
-    assert "raysweep: error: --out runs/relative is relative, and inside a Ray job the working directory is a " \
-           "temporary copy that Ray deletes" in logs
+    said = [line.removeprefix("raysweep: error: ") for line in logs.splitlines() if line.startswith("raysweep: error: ")]
+    assert len(said) == 1 and wrote.expects().fullmatch(said[0]), logs[-2000:]
     assert "Traceback" not in logs
 
 
 def test_a_client_without_the_token_is_told_it_is_an_authentication_failure(head: RayHead, tmp_path: Path) -> None:
-    done = head.run(
-        "raysweep", "run", "--preset", "smoke", "--address", head.address, "--out", str(tmp_path / "r"),
-        extra_env={"RAY_AUTH_TOKEN": "0" * 32}, timeout=180,
-    )
+    wrote = readme.row("raysweep run --address HEAD:6379")  # run as written, from tmp_path: a default --out lands there
+    done = head.run(*wrote.command.replace("HEAD:6379", head.address).split(), extra_env={"RAY_AUTH_TOKEN": "0" * 32},
+                    timeout=180, cwd=tmp_path)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith(
-        f"raysweep: error: the Ray cluster at '{head.address}' answered but refused this client's authentication"
-    ), done.stderr[-2000:]
-    assert "RAY_AUTH_MODE=token" in done.stderr and not (tmp_path / "r").exists()
+    said = done.stderr.strip().splitlines()[-1].removeprefix("raysweep: error: ")
+    assert wrote.expects(**{"HEAD:6379": head.address}).fullmatch(said), done.stderr[-2000:]
+    assert not [p for p in tmp_path.iterdir() if p.name != "cache"]

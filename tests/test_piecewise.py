@@ -9,6 +9,7 @@ from torch import nn
 from raysweep.core import models
 from raysweep.core.packets import packet_stats
 from raysweep.core.piecewise import pattern_changes, walk
+from oracles import assert_bound_holds
 
 FIELDS = ("sx", "sp", "mean_x", "mean_p", "beta", "boundary_term")
 
@@ -67,7 +68,7 @@ def test_finite_interval_bound_holds_with_piecewise(seed: int) -> None:
     for net, shape in ((relu_mlp(seed), (1, 5, 5)), (conv_pool_bn(seed), (1, 8, 8))):
         x_base = torch.rand(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         stats = packet_stats(net, x_base, range(25), 0.0, 1.0, estimator="piecewise")
-        assert (stats.product >= stats.bound - 1e-6).all()
+        assert_bound_holds(stats.product, stats.bound)
 
 
 def test_pieces_tile_the_interval() -> None:
@@ -86,7 +87,8 @@ def test_builtin_models_are_walkable_in_float32() -> None:
     model = models.build("mnist_conv3").eval()
     x_base = torch.rand(1, 28, 28)
     stats = packet_stats(model, x_base, [200, 400], 0.0, 1.0, estimator="piecewise")
-    assert torch.isfinite(stats.sx).all() and (stats.product >= stats.bound - 1e-6).all()
+    assert torch.isfinite(stats.sx).all()
+    assert_bound_holds(stats.product, stats.bound)
 
 
 def test_smooth_activations_are_refused() -> None:
@@ -136,7 +138,7 @@ def test_float32_walk_of_several_lines_matches_float64() -> None:
     f32 = packet_stats(model, x_base, dims, 0.0, 1.0, estimator="piecewise")
     f64 = packet_stats(model.double(), x_base.double(), dims, 0.0, 1.0, estimator="piecewise")
     assert relative_error(f32, f64, "sp") < 1e-3
-    assert (f32.product >= f32.bound - 1e-6).all()
+    assert_bound_holds(f32.product, f32.bound)
 
 
 def test_batch_size_changes_memory_not_values() -> None:

@@ -18,6 +18,7 @@ from raysweep.run.ray import tuner
 from raysweep.cli import main
 from raysweep.run.presets import resolve
 from raysweep.store import RunStore
+from rayprocs import OWN_RAY
 from rows import assert_same_rows, undisturbed
 
 pytestmark = pytest.mark.slow
@@ -35,8 +36,7 @@ def ray_2_cpus(tmp_path_factory: pytest.TempPathFactory):
     saved = {k: os.environ.get(k) for k in ("RAYSWEEP_TEST_MARKER", "PYTHONPATH")}
     os.environ["RAYSWEEP_TEST_MARKER"] = str(marker)  # Ray's workers inherit it (see tests/faulty.py)
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
-             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    ray.init(**OWN_RAY, _temp_dir=str(tmp_path_factory.mktemp("ray")))
     yield marker
     ray.shutdown()
     for key, value in saved.items():
