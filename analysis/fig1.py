@@ -97,16 +97,21 @@ def draw(results: Results, out: Path, fmt: str = "png", epochs: Sequence[int] = 
         for ax in axes[0, 2:]:
             ax.axis("off")
         focus = HEADLINE_CLASS if (frame["label"] == HEADLINE_CLASS).any() else None
+        if focus is not None:  # C and D zoom on the class's own points, the same window at every epoch
+            mine = where[where["point"].isin(frame.loc[frame["label"] == focus, "point"])]
+            flo, fhi = mine[["x", "y"]].min().to_numpy(), mine[["x", "y"]].max().to_numpy()
+            fpad = 0.25 * (fhi - flo) + 1e-9
+            focus_extent = (flo[0] - fpad[0], fhi[0] + fpad[0], flo[1] - fpad[1], fhi[1] + fpad[1])
         for col, epoch in enumerate(chosen):
             for row, kind, letter in ((1, "clean", "C"), (2, "attacked", "D")):
                 if focus is None:
                     axes[row, col].axis("off")
                     continue
                 points = panel(frame, where, epoch, kind)
-                points = points[points["label"] == focus]
+                shown = points["label"] == focus
                 what = f"true {names[focus]} points, " + ("clean" if kind == "clean" else attacked)
-                _draw_panel(axes[row, col], points, extent, kind=kind, focus=focus,
-                            title=f"({letter}) '{names[focus]}' region, epoch {epoch}\n{what}\n{_counts(points, kind)}")
+                _draw_panel(axes[row, col], points, focus_extent, kind=kind, focus=focus, shown=shown,
+                            title=f"({letter}) '{names[focus]}' region, epoch {epoch}\n{what}\n{_counts(points[shown], kind)}")
         for ax in axes[1:, len(chosen):].ravel():
             ax.axis("off")
         handles = [plt.Line2D([], [], marker="o", linestyle="", color=PALETTE[c], label=names[c]) for c in range(len(names))]
@@ -125,7 +130,9 @@ def _counts(points: pd.DataFrame, kind: str) -> str:
     return text + (f", {int(points['changed'].sum())} changed by the attack" if kind == "attacked" else "")
 
 
-def _draw_panel(ax: plt.Axes, points: pd.DataFrame, extent: tuple, *, kind: str, title: str, focus: int | None = None) -> None:
+def _draw_panel(ax: plt.Axes, points: pd.DataFrame, extent: tuple, *, kind: str, title: str, focus: int | None = None,
+                shown: pd.Series | None = None) -> None:
+    """Regions from every point's prediction; the points of `shown` (all by default) drawn over them."""
     if len(points):
         pred, depth = regions(points, extent)
         rgb = np.array([to_rgb(PALETTE[c]) for c in range(10)])[pred]
@@ -133,6 +140,7 @@ def _draw_panel(ax: plt.Axes, points: pd.DataFrame, extent: tuple, *, kind: str,
         if focus is not None:
             alpha = np.where(pred == focus, alpha, 0.0)
         ax.imshow(np.dstack([rgb, alpha]), origin="lower", extent=extent, aspect="auto", interpolation="nearest")
+        points = points[shown] if shown is not None else points
         colour = np.array([PALETTE[c] for c in points["pred"]])
         right, wrong = ~points["wrong"].to_numpy(), points["wrong"].to_numpy()
         ax.scatter(points["x"][right], points["y"][right], c=colour[right], s=9, edgecolors="none")

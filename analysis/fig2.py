@@ -15,6 +15,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 import seaborn as sns
 
 from raysweep.analysis import script, tradeoff
@@ -42,7 +43,7 @@ def draw(results: Results, out: Path, fmt: str = "png") -> list[Path]:
         for col, draw in enumerate((_accuracy, _spreads)):
             ax = axes[row, col]
             draw(ax, frame, key)
-            ax.text(-0.14, 1.06, chr(ord("A") + 2 * row + col), transform=ax.transAxes, fontsize=14, fontweight="bold")
+            ax.text(-0.2, 1.06, chr(ord("A") + 2 * row + col), transform=ax.transAxes, fontsize=14, fontweight="bold")
     paths.append(save(fig, out / f"fig2.{fmt}"))
     return paths
 
@@ -50,12 +51,23 @@ def draw(results: Results, out: Path, fmt: str = "png") -> list[Path]:
 def _accuracy(ax: plt.Axes, frame: pd.DataFrame, key: tuple) -> None:
     run, arch, dataset, space = key
     clean = frame.drop_duplicates(["trial", "epoch"]).assign(series="test (clean)", accuracy=lambda f: 100 * f["test_acc"])
-    robust = frame.assign(series=lambda f: "robust, " + f["attack"].map(attack_label), accuracy=lambda f: 100 * f["robust_acc"])
+    robust = frame.assign(series=lambda f: f["attack"].map(lambda a: _robust_label(a, space, f)),
+                          accuracy=lambda f: 100 * f["robust_acc"])
     long = pd.concat([clean, robust], ignore_index=True)
     sns.lineplot(data=long, x="epoch", y="accuracy", hue="series", errorbar="sd", ax=ax,
                  palette=sns.color_palette("colorblind", long["series"].nunique()), marker="o", markersize=3)
-    ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(-2, 102), title=f"{arch} on {dataset}: {space} space")
-    ax.legend(fontsize=7, loc="best", title=None)
+    seeds = tradeoff.count(frame["trial"].nunique(), "seed")
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(-2, 102), title=f"{arch} on {dataset}, {space} space ({seeds})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7, loc="best", title="r: the mean feature range" if space == "feature" else None, title_fontsize=7)
+
+
+def _robust_label(attack: str, space: str, frame: pd.DataFrame) -> str:
+    """The legend of a robust-accuracy line; in feature space with the budget the attack really had."""
+    if space != "feature":
+        return "robust, " + attack_label(attack)
+    last = frame[(frame["attack"] == attack) & (frame["epoch"] == frame["epoch"].max())]["eps"].mean()
+    return f"robust, {attack_label(attack)} × r (= {last:.3g} at the end)"
 
 
 def _spreads(ax: plt.Axes, frame: pd.DataFrame, key: tuple) -> None:
@@ -65,10 +77,13 @@ def _spreads(ax: plt.Axes, frame: pd.DataFrame, key: tuple) -> None:
     for _, part in spreads.groupby("trial"):
         ax.plot(part["DX"], part["DP"], color="0.75", linewidth=0.8, zorder=1)
     points = ax.scatter(spreads["DX"], spreads["DP"], c=spreads["epoch"], cmap="viridis", s=18, zorder=2)
-    plt.colorbar(points, ax=ax, label="epoch")
+    bar = plt.colorbar(points, ax=ax, label="epoch")
+    bar.locator = MaxNLocator(integer=True)
+    bar.update_ticks()
     label = spreads["label"].iloc[0]
     ax.set(xlabel=f"ΔX = (Σᵢ Δxᵢ)^½  (√{unit})", ylabel=f"ΔP = (Σᵢ Δpᵢ)^½  (1/√{unit})",
-           title=f"ΔX against ΔP, {label} ({tradeoff.count(spreads['trial'].nunique(), 'seed')})")
+           title=f"{arch} on {dataset}, {space} space:\nΔX against ΔP, {label} ({tradeoff.count(spreads['trial'].nunique(), 'seed')})")
+    ax.title.set_fontsize(10)
     ax.ticklabel_format(useOffset=False)
 
 

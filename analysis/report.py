@@ -1,10 +1,12 @@
-"""The trade-off report: how ΔX, ΔP and (robust) accuracy move together over epochs, and how often
-the uncertainty relations hold, as Markdown (report.md) with its numbers as CSV.
+"""The trade-off report: how ΔX, ΔP and (robust) accuracy move together over epochs, per attack and
+space, how often the uncertainty relations hold, and what the measure itself forces, as Markdown
+(report.md) with its numbers as CSV.
 
     python analysis/report.py RUN [RUN ...] [--out DIR]
 
-`raysweep figures` writes it with this code; adapt a copy freely. The statistics
-(Spearman's rho per seed and pooled, the bound fractions) are `raysweep.analysis.tradeoff`.
+`raysweep figures` writes it with this code; adapt a copy freely. The statistics are
+`raysweep.analysis.tradeoff`: Spearman's rho over epochs and of epoch-to-epoch changes per seed,
+and an interval only across seeds (epochs of one run are a time series, not a sample).
 """
 
 from __future__ import annotations
@@ -15,7 +17,17 @@ from pathlib import Path
 import pandas as pd
 
 from raysweep.analysis import aggregates, script, tradeoff
+from raysweep.analysis.plotting import attack_label
 from raysweep.analysis.results import Results
+
+WEAK = 0.3  # |rho| below this is no clear relation, even within one seed
+VERDICTS = [  # (pair, what, words if they move oppositely, words if together); the first two involve no attack
+    (("DX", "DP"), "ΔX and ΔP", "move in opposite directions (the paper's trade-off)", "move together, against the paper's trade-off"),
+    (("DP", "test_acc"), "ΔP and test accuracy", "move oppositely", "move together"),
+    (("DP", "robust_acc"), "ΔP and robust accuracy", "move oppositely (the paper's reading: robustness falls as the attack operator spreads)",
+     "move together, against the paper's reading"),
+]
+ATTACK_FREE = ("test_acc", "DP")  # pairs whose y (or both) no attack touches: stated once per space
 
 
 def write(results: Results, out: Path) -> list[Path]:
@@ -25,40 +37,64 @@ def write(results: Results, out: Path) -> list[Path]:
     paths = [out / "correlations.csv", out / "pairs.csv", out / "report.md"]
     corr.to_csv(paths[0], index=False)
     pairs.to_csv(paths[1], index=False)
-    paths[2].write_text(markdown(results, corr, pairs))
+    paths[2].write_text(markdown(results, corr, pairs, tradeoff.flat_spreads(results)))
     return paths
 
 
-def markdown(results: Results, corr: pd.DataFrame, pairs: pd.DataFrame) -> str:
+def markdown(results: Results, corr: pd.DataFrame, pairs: pd.DataFrame, flat: pd.DataFrame) -> str:
     runs = ", ".join(sorted(results.epochs["run"].unique())) or "(none)"
     lines = [
         "# Trade-off report", "",
-        f"Runs: {runs}. Spearman's rho over epochs with a 95% interval (Fisher z, variance 1.06/(n-3)), "
-        "pooled over seeds; ΔX = (Σᵢ Δxᵢ)^½ and ΔP = (Σᵢ Δpᵢ)^½ over the sampled dimensions (paper Eq. 23).", "",
+        f"Runs: {runs}. ΔX = (Σᵢ Δxᵢ)^½ and ΔP = (Σᵢ Δpᵢ)^½ over the sampled dimensions (paper Eq. 23). "
+        "Per seed: Spearman's rho over epochs, and rho of the epoch-to-epoch changes (what moves together "
+        "beyond a trend both series share over training). Epochs of one run are not independent draws, so "
+        "the only interval is across seeds: a 95% t-interval over the seeds' rho (Fisher z), when at least "
+        "two seeds have one. Every verdict names its attack and space and holds for those alone.", "",
     ]
     if results.notes:
         lines += ["**Incomplete:**", *[f"- {note}" for note in results.notes], ""]
-    for key, group in corr[corr["seed"] == "all"].groupby(tradeoff.GROUP):
+    for key, group in corr.groupby(tradeoff.GROUP):
         run, arch, dataset, space = key
         pair_row = pairs[(pairs[tradeoff.GROUP] == list(key)).all(axis=1) & (pairs["scope"] == "all epochs")]
         seeds = results.epochs.query("run == @run and arch == @arch and dataset == @dataset")["seed"].nunique()
         lines += [f"## {arch} on {dataset}, {space} space ({run}; {tradeoff.count(seeds, 'seed')}; "
                   f"{aggregates.headline_label(dataset)})", ""]
         lines += _bounds(pair_row)
-        # One verdict per attack, in the order the run's config lists them: a relation seen under one
-        # attack is not stated for the others.
-        for attack in results.attack_order(run, group["attack"].unique()):
-            rows = group[group["attack"] == attack].set_index(["x", "y"])
+        lines += _forced(flat[(flat[tradeoff.GROUP] == list(key)).all(axis=1)], pair_row, space)
+        order = results.attack_order(run, group["attack"].unique())
+        free = group[(group["attack"] == order[0]) & group["y"].isin(ATTACK_FREE)]  # the same under every attack
+        lines += [_direction(free, pair, what, negative, positive, None, space)
+                  for pair, what, negative, positive in VERDICTS if pair[1] in ATTACK_FREE]
+        lines += _table(free)
+        for attack in order:
+            rows = group[(group["attack"] == attack) & ~group["y"].isin(ATTACK_FREE)]
             lines += ["", f"### Under {attack}", ""]
-            lines += _verdicts(rows, results, key, attack)
-            lines += ["", "| x | y | n | rho | 95% interval |", "|---|---|---|---|---|"]
-            for (x, y), row in rows.iterrows():
-                lines.append(f"| {x} | {y} | {row['n']} | {row['rho']:.3f} | [{row['lo']:.3f}, {row['hi']:.3f}] |")
+            lines += [_direction(rows, pair, what, negative, positive, attack, space)
+                      for pair, what, negative, positive in VERDICTS if pair[1] not in ATTACK_FREE]
+            lines.append(_spaces(results, key, attack))
+            lines += _table(rows)
         lines.append("")
     if corr.empty:
         lines.append("No epochs with packets yet: nothing to report.")
-    lines += ["Each attack's correlations stand for that attack alone; all of them are in correlations.csv.", ""]
+    lines += ["All correlations, per seed and across seeds, are in correlations.csv.", ""]
     return "\n".join(lines)
+
+
+def _table(rows: pd.DataFrame) -> list[str]:
+    """The rows as a Markdown table; the across-seeds rows only where there are several seeds."""
+    lines = ["", "| x | y | seed | n | rho over epochs | rho of changes | 95% interval across seeds |",
+             "|---|---|---|---|---|---|---|"]
+    several = rows.loc[rows["seed"] == tradeoff.ACROSS, "n"].max() > 1
+    for _, row in rows[(rows["seed"] != tradeoff.ACROSS) | several].iterrows():
+        interval = f"[{row['lo']:.3f}, {row['hi']:.3f}]" if pd.notna(row["lo"]) else "none"
+        n = tradeoff.count(int(row["n"]), "seed") if row["seed"] == tradeoff.ACROSS else f"{row['n']} epochs"
+        lines.append(f"| {row['x']} | {row['y']} | {row['seed']} | {n} | {_num(row['rho'])} | "
+                     f"{_num(row['rho_changes'])} | {interval} |")
+    return lines
+
+
+def _num(value: float) -> str:
+    return "undefined" if pd.isna(value) else f"{value:.3f}"
 
 
 def _bounds(pair_row: pd.DataFrame) -> list[str]:
@@ -69,7 +105,7 @@ def _bounds(pair_row: pd.DataFrame) -> list[str]:
         half = "holds" if p["paper_half_holds"] >= 0.95 else "does **not** hold"
         out.append(
             f"- Paper's Δx·Δp ≥ 1/2 (Eq. 18) {half} here: {p['paper_half_holds']:.1%} of {p['pairs']} pairs "
-            f"(median Δx·Δp {p['median_product']:.3g}); {p['nearly_flat']:.0%} of the packets are nearly flat."
+            f"(median Δx·Δp {p['median_product']:.3g})."
         )
         bound = "holds, as it must" if p["finite_bound_holds"] == 1 else "is violated: an estimator error to report"
         out.append(f"- The exact finite-interval bound Δx·Δp ≥ |1 − B|/2 {bound} ({p['finite_bound_holds']:.2%} of pairs).")
@@ -81,42 +117,78 @@ def _bounds(pair_row: pd.DataFrame) -> list[str]:
     return out
 
 
-def _verdicts(first: pd.DataFrame, results: Results, key: tuple, attack: str) -> list[str]:
-    out = []
-    out.append("- " + _direction(first, ("DX", "DP"), "ΔX and ΔP", "move in opposite directions over training (the paper's trade-off)",
-                                  "move together, against the paper's trade-off"))
-    out.append("- " + _direction(first, ("DP", "robust_acc"), "ΔP and robust accuracy",
-                                  "move oppositely: robustness falls as the attack operator spreads (the paper's reading)",
-                                  "rise together, against the paper's reading"))
-    out.append("- " + _direction(first, ("DP", "test_acc"), "ΔP and test accuracy", "move oppositely", "rise together"))
-    out.append(_spaces(results, key, attack))
-    return out
+def _forced(flat: pd.DataFrame, pair_row: pd.DataFrame, space: str) -> list[str]:
+    """What the measure forces: flat packets, and ΔX against the value a flat packet gives it."""
+    if flat.empty or flat["DX_flat"].isna().all():
+        return []
+    share = pair_row.iloc[0]["nearly_flat"] if len(pair_row) else float("nan")
+    worst, median = flat["distance"].max(), flat["distance"].median()
+    first, last = flat[flat["epoch"] == flat["epoch"].min()], flat[flat["epoch"] == flat["epoch"].max()]
+    growth = last["DX_flat"].mean() / first["DX_flat"].mean() - 1
+    text = (f"- What the measure forces: {share:.1%} of the packets are nearly flat (Δx within 1% of (b − a)/√12), and "
+            f"the headline ΔX is within {_share(worst)} (median {_share(median)}) of its flat value √(Σᵢ(bᵢ − aᵢ)/√12) at every epoch")
+    if worst <= tradeoff.FLAT:
+        text += ": ΔX is pinned by the intervals, not shaped by the network"
+        if abs(growth) > tradeoff.FLAT:
+            text += (f"; it moves with them (the {space} ranges [a, b] of the training set: the flat value moves by "
+                     f"{growth:+.1%} from the first epoch to the last"
+                     + (", and the feature attack budget is tied to the same ranges)" if space == "feature" else ")"))
+        else:
+            text += "; the intervals stay put, so ΔX barely moves"
+        text += ". Any trade-off in this space is carried by ΔP."
+    else:
+        text += ": the network shapes ΔX beyond the intervals."
+    return [text]
 
 
-def _direction(first: pd.DataFrame, pair: tuple[str, str], what: str, negative: str, positive: str) -> str:
-    if pair not in first.index:
-        return f"{what}: not measured."
-    row = first.loc[pair]
-    text = f"{what} (rho {row['rho']:.2f} [{row['lo']:.2f}, {row['hi']:.2f}]): "
-    if row["hi"] < 0:
-        return text + negative + "."
-    if row["lo"] > 0:
-        return text + positive + "."
-    return text + "no clear relation on this run (the interval spans 0 or is undefined)."
+def _share(value: float) -> str:
+    return f"{value:.2%}" if value >= 1e-3 else f"{value:.1e} relative"
+
+
+def _direction(rows: pd.DataFrame, pair: tuple[str, str], what: str, negative: str, positive: str,
+               attack: str | None, space: str) -> str:
+    mine = rows[(rows["x"] == pair[0]) & (rows["y"] == pair[1])]
+    if mine.empty:
+        return f"- {what}: not measured."
+    across = mine[mine["seed"] == tradeoff.ACROSS].iloc[0]
+    per_seed = mine[mine["seed"] != tradeoff.ACROSS]
+    where = f"{what}, {space} space" + (f", under {attack_label(attack)}" if attack else " (no attack involved)")
+    left_out = per_seed[per_seed["rho"].isna()]["seed"].tolist()
+    note = f" (seed {', '.join(left_out)} left out: a series is constant there)" if left_out else ""
+    if across["n"] == 0:
+        return f"- {where}: undefined: a series is constant in every seed."
+    seeds = int(across["n"])
+    rho = f"rho {across['rho']:.2f} over epochs" + (f" (mean of {seeds} seeds)" if seeds > 1 else "")
+    changes = "undefined" if pd.isna(across["rho_changes"]) else f"{across['rho_changes']:.2f}"
+    text = f"- {where}: {rho}, {changes} for epoch-to-epoch changes{note}: "
+    if seeds < 2:
+        if abs(across["rho"]) < WEAK:
+            return text + "no clear relation over this one seed's epochs; with one seed no interval across seeds exists."
+        trend = (negative if across["rho"] < 0 else positive).split(" (")[0]
+        return text + (f"over this one seed's epochs they {trend}; with one seed no interval across seeds exists "
+                       "(a trend both series share over training makes rho large by itself).")
+    interval = f"[{across['lo']:.2f}, {across['hi']:.2f}]"
+    if across["hi"] < 0:
+        return text + f"they {negative}, in the interval across seeds {interval}."
+    if across["lo"] > 0:
+        return text + f"they {positive}, in the interval across seeds {interval}."
+    return text + f"no clear relation: the interval across seeds {interval} spans 0."
 
 
 def _spaces(results: Results, key: tuple, attack: str) -> str:
     run, arch, dataset, _ = key
     epochs = results.epochs.query("run == @run and arch == @arch and dataset == @dataset and attack == @attack")
     last = epochs[epochs["epoch"] == epochs.groupby("trial")["epoch"].transform("max")]
-    robust = last.groupby("space")["robust_acc"].mean()
-    if {"pixel", "feature"} - set(robust.index):
+    by_space = last.groupby("space")[["robust_acc", "eps", "budget_scale"]].mean()
+    if {"pixel", "feature"} - set(by_space.index):
         return "- Feature against pixel attacks: only one space measured."
-    verdict = "more" if robust["feature"] < robust["pixel"] else "not more"
+    pixel, feature = by_space.loc["pixel"], by_space.loc["feature"]
+    verdict = "more" if feature["robust_acc"] < pixel["robust_acc"] else "not more"
     return (
-        f"- At the last epoch, robust accuracy is {robust['pixel']:.1%} in pixel space and {robust['feature']:.1%} in "
-        f"feature space under {attack}: attacking features is {verdict} effective (the paper says more; the "
-        "feature budget is the pixel one times the mean feature range)."
+        f"- At the last epoch under {attack_label(attack)}, robust accuracy is {pixel['robust_acc']:.1%} in pixel space "
+        f"(ε = {pixel['eps']:.4g}) and {feature['robust_acc']:.1%} in feature space (ε × mean feature range = "
+        f"{pixel['eps']:.4g} × {feature['budget_scale']:.4g} = {feature['eps']:.4g}): attacking features is {verdict} "
+        "effective at these budgets (the paper says more)."
     )
 
 

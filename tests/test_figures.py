@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import scipy.stats
 
 from raysweep.analysis import tradeoff
-from raysweep.scripts import fig2, report
+from raysweep.analysis.plotting import attack_label
+from raysweep.scripts import fig1, fig2, report
 from raysweep.run import local
 from raysweep.cli import main
 from raysweep.core.threat import MNIST_PGD, PAPER_PGD
@@ -19,6 +24,8 @@ from raysweep.run.presets import resolve
 from raysweep.errors import UserError
 from raysweep.analysis.results import load
 from raysweep.store import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Two attacks whose configured order (8/255 first, as in the paper preset) is not their alphabetical one.
 OVERRIDES = {"seed": "0,1", "epochs": "5", "limit_train": "96", "limit_test": "32", "dims": "4", "nodes": "8",
@@ -54,8 +61,11 @@ def test_the_report_gives_a_verdict_per_attack_in_the_configured_order(run_dir: 
     section = text[text.index("## mnist_conv3 on synthetic, pixel space"):].split("\n## ")[0]
     first, second = section.index(f"### Under {PAPER_PGD}"), section.index(f"### Under {MNIST_PGD}")
     assert sorted([PAPER_PGD, MNIST_PGD])[0] == MNIST_PGD and first < second  # configured, not alphabetical
-    for chunk in (section[first:second], section[second:]):
-        assert "- ΔP and robust accuracy (rho" in chunk and "| DP | robust_acc |" in chunk
+    for chunk, attack in ((section[first:second], PAPER_PGD), (section[second:], MNIST_PGD)):
+        assert f"- ΔP and robust accuracy, pixel space, under {attack_label(attack)}: rho" in chunk
+        assert "| DP | robust_acc |" in chunk and "ΔX and ΔP" not in chunk and "| DP | test_acc |" not in chunk
+    # What no attack touches is said once, before the attacks, and says so.
+    assert section[:first].count("- ΔX and ΔP, pixel space (no attack involved): rho") == 1
     assert section.startswith("## mnist_conv3 on synthetic, pixel space (tiny; 2 seeds; class 8)") and "seed(s)" not in text
     assert "the run's first" not in text
 
@@ -65,33 +75,148 @@ def test_svg_format_is_available(run_dir: Path, tmp_path: Path) -> None:
     assert paths and all(p.suffix == ".svg" and p.read_text().lstrip().startswith("<?xml") for p in paths)
 
 
-def test_report_correlations_equal_a_direct_pandas_computation(run_dir: Path) -> None:
-    results = load([str(run_dir)])
-    corr = tradeoff.correlations(results)
-    packets = pd.read_parquet(run_dir / "packets")
-    epochs = pd.read_parquet(run_dir / "epochs")
-    c8 = packets[(packets["class"] == 8) & (packets["space"] == "pixel") & (packets["trial"] == "mnist_conv3-synthetic-s0")]
+def direct_series(run_dir: Path, trial: str, space: str, attack: str) -> pd.DataFrame:
+    """Class 8's ΔX, ΔP and the accuracies per epoch, straight from the Parquet files."""
+    packets, epochs = pd.read_parquet(run_dir / "packets"), pd.read_parquet(run_dir / "epochs")
+    c8 = packets[(packets["class"] == 8) & (packets["space"] == space) & (packets["trial"] == trial)]
     spreads = c8.groupby("epoch").agg(DX=("sx", lambda s: math.sqrt(s.sum())), DP=("sp", lambda s: math.sqrt(s.sum())))
-    attack = epochs["attack"].iloc[0]
-    acc = epochs[(epochs["space"] == "pixel") & (epochs["trial"] == "mnist_conv3-synthetic-s0") & (epochs["attack"] == attack)]
-    both = spreads.join(acc.set_index("epoch")[["test_acc", "robust_acc"]])
+    acc = epochs[(epochs["space"] == space) & (epochs["trial"] == trial) & (epochs["attack"] == attack)]
+    return spreads.join(acc.set_index("epoch")[["test_acc", "robust_acc"]]).sort_index()
+
+
+def test_report_correlations_equal_a_direct_pandas_computation(run_dir: Path) -> None:
+    corr = tradeoff.correlations(load([str(run_dir)]))
     for x, y in tradeoff.PAIRS:
-        row = corr[(corr["space"] == "pixel") & (corr["seed"] == "0") & (corr["attack"] == attack)
-                   & (corr["x"] == x) & (corr["y"] == y)].iloc[0]
-        direct = both[x].corr(both[y], method="spearman")
-        if math.isnan(direct):
-            assert math.isnan(row["rho"])
-        else:
-            assert row["rho"] == pytest.approx(direct)
-            lo, hi = tradeoff.fisher_interval(direct, len(both))
-            assert (row["lo"], row["hi"]) == pytest.approx((lo, hi))
+        rhos = []
+        for seed in (0, 1):
+            both = direct_series(run_dir, f"mnist_conv3-synthetic-s{seed}", "pixel", PAPER_PGD)
+            row = corr[(corr["space"] == "pixel") & (corr["seed"] == str(seed)) & (corr["attack"] == PAPER_PGD)
+                       & (corr["x"] == x) & (corr["y"] == y)].iloc[0]
+            direct = both[x].corr(both[y], method="spearman")
+            changes = both[x].diff().corr(both[y].diff(), method="spearman")
+            assert row["n"] == 5 and math.isnan(row["lo"]) and math.isnan(row["hi"])  # no interval from epochs
+            for got, want in ((row["rho"], direct), (row["rho_changes"], changes)):
+                assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want)
+            rhos += [direct] if not math.isnan(direct) else []
+        across = corr[(corr["space"] == "pixel") & (corr["seed"] == tradeoff.ACROSS) & (corr["attack"] == PAPER_PGD)
+                      & (corr["x"] == x) & (corr["y"] == y)].iloc[0]
+        assert across["n"] == len(rhos)
+        if len(rhos) == 2:
+            z = [math.atanh(r) for r in rhos]
+            half = scipy.stats.t.ppf(0.975, 1) * abs(z[0] - z[1]) / math.sqrt(2) / math.sqrt(2)
+            assert across["rho"] == pytest.approx(sum(rhos) / 2)
+            assert (across["lo"], across["hi"]) == pytest.approx((math.tanh(sum(z) / 2 - half), math.tanh(sum(z) / 2 + half)))
 
 
-def test_pooled_correlation_weights_seeds_by_fisher_z() -> None:
-    per_seed = [(10, 0.5), (20, -0.2)]
-    n, rho, lo, hi = tradeoff._pooled(per_seed)
-    z = (7 * math.atanh(0.5) + 17 * math.atanh(-0.2)) / 24
-    assert n == 30 and rho == pytest.approx(math.tanh(z)) and lo < rho < hi
+def test_across_seeds_counts_only_seeds_with_a_rho_and_needs_two_for_an_interval() -> None:
+    n, rho, changes, lo, hi = tradeoff._across([(0.5, 0.1), (-0.2, float("nan")), (float("nan"), float("nan"))])
+    assert n == 2 and rho == pytest.approx(0.15) and changes == pytest.approx(0.1) and lo < rho < hi
+    n, rho, changes, lo, hi = tradeoff._across([(0.5, 0.1), (float("nan"), 0.3)])  # a constant series: left out
+    assert (n, rho, changes) == (1, 0.5, 0.1) and math.isnan(lo) and math.isnan(hi)
+    assert tradeoff._across([(float("nan"), float("nan"))])[0] == 0
+
+
+def test_one_seed_gets_no_interval_across_seeds(run_dir: Path, tmp_path: Path) -> None:
+    results = load([str(run_dir)])
+    one = dataclasses.replace(results, **{t: getattr(results, t).query("seed == 0") for t in ("epochs", "packets")})
+    report.write(one, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "(tiny; 1 seed; class 8)" in text
+    verdicts = [line for line in text.splitlines() if line.startswith("- Δ") and " rho " in line]
+    assert verdicts and all("no interval across seeds exists" in line or "undefined" in line for line in verdicts)
+    assert "interval across seeds [" not in text and "| across seeds |" not in text
+    corr = pd.read_csv(tmp_path / "correlations.csv")
+    assert corr.loc[corr["seed"] == tradeoff.ACROSS, ["lo", "hi"]].isna().all().all()
+
+
+def test_report_sentences_cite_the_numbers_they_rest_on(run_dir: Path, tmp_path: Path) -> None:
+    results = load([str(run_dir)])
+    report.write(results, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    corr = pd.read_csv(tmp_path / "correlations.csv", dtype={"seed": str})
+    epochs = pd.read_parquet(run_dir / "epochs")
+    checked = 0
+    for section in text.split("\n## ")[1:]:
+        space = re.match(r"mnist_conv3 on synthetic, (\w+) space", section).group(1)
+        for chunk in re.split(r"\n### Under ", section):
+            attack = PAPER_PGD if chunk.startswith(PAPER_PGD) else MNIST_PGD if chunk.startswith(MNIST_PGD) else PAPER_PGD
+            for what, x, y in (("ΔX and ΔP", "DX", "DP"), ("ΔP and test accuracy", "DP", "test_acc"),
+                               ("ΔP and robust accuracy", "DP", "robust_acc")):
+                found = re.search(rf"- {what}, {space} space[^:]*: rho (\S+) over epochs(?: \(mean of 2 seeds\))?, "
+                                  r"(\S+) for epoch-to-epoch changes", chunk)
+                row = corr[(corr["space"] == space) & (corr["attack"] == attack) & (corr["seed"] == tradeoff.ACROSS)
+                           & (corr["x"] == x) & (corr["y"] == y)].iloc[0]
+                if re.search(rf"- {what}, {space} space[^:]*: undefined: a series is constant in every seed", chunk):
+                    assert row["n"] == 0
+                    checked += 1
+                if not found:
+                    continue
+                assert float(found.group(1)) == pytest.approx(row["rho"], abs=0.005)
+                assert found.group(2) == "undefined" or float(found.group(2)) == pytest.approx(row["rho_changes"], abs=0.005)
+                checked += 1
+            robust = re.search(r"robust accuracy is (\S+)% in pixel space \(ε = (\S+)\) and (\S+)% in feature space "
+                               r"\(ε × mean feature range = \S+ × (\S+) = (\S+)\)", chunk)
+            if robust and chunk.startswith(("pgd", "fgsm")):
+                last = epochs[(epochs["attack"] == attack) & (epochs["epoch"] == 5)].groupby("space").mean(numeric_only=True)
+                assert float(robust.group(1)) == pytest.approx(100 * last.loc["pixel", "robust_acc"], abs=0.05)
+                assert float(robust.group(3)) == pytest.approx(100 * last.loc["feature", "robust_acc"], abs=0.05)
+                assert float(robust.group(5)) == pytest.approx(last.loc["feature", "eps"], rel=1e-3)
+                assert float(robust.group(5)) == pytest.approx(float(robust.group(2)) * float(robust.group(4)), rel=2e-3)
+                checked += 1
+    assert checked >= 2 * (2 + 2 * 2)  # per space: two attack-free verdicts, and per attack one verdict and one line
+
+
+def test_what_the_measure_forces_is_the_flat_packets_value(run_dir: Path) -> None:
+    flat = tradeoff.flat_spreads(load([str(run_dir)]))
+    packets = pd.read_parquet(run_dir / "packets").query("beta > 0 and `class` == 8")
+    for (trial, epoch, space), part in packets.groupby(["trial", "epoch", "space"]):
+        row = flat[(flat["trial"] == trial) & (flat["epoch"] == epoch) & (flat["space"] == space)].iloc[0]
+        assert row["DX_flat"] == pytest.approx(math.sqrt(((part["b"] - part["a"]) / math.sqrt(12)).sum()))
+        assert row["distance"] == pytest.approx(abs(math.sqrt(part["sx"].sum()) / row["DX_flat"] - 1))
+
+
+def test_cifar10s_headline_is_the_class_mean_in_figures_and_report(run_dir: Path, tmp_path: Path) -> None:
+    results = load([str(run_dir)])
+    as_cifar = dataclasses.replace(results, epochs=results.epochs.assign(dataset="cifar10"),
+                                   packets=results.packets.assign(dataset="cifar10"))
+    head = tradeoff.spreads_by_epoch(as_cifar)
+    packets = pd.read_parquet(run_dir / "packets").query("trial == 'mnist_conv3-synthetic-s0' and space == 'pixel' and epoch == 2")
+    mean_dx = packets.groupby("class")["sx"].sum().pow(0.5).mean()
+    row = head[(head["trial"] == "mnist_conv3-synthetic-s0") & (head["space"] == "pixel") & (head["epoch"] == 2)].iloc[0]
+    assert row["DX"] == pytest.approx(mean_dx) and row["label"] == "mean over classes"
+    assert row["DX"] != pytest.approx(math.sqrt(packets.loc[packets["class"] == 8, "sx"].sum()))
+    report.write(as_cifar, tmp_path)
+    assert "## mnist_conv3 on cifar10, pixel space (tiny; 2 seeds; mean over classes)" in (tmp_path / "report.md").read_text()
+
+
+def test_fig1_panel_b_shows_each_attacked_points_own_prediction_at_its_clean_place(run_dir: Path) -> None:
+    frame = load([str(run_dir)]).embeddings.query("trial == 'mnist_conv3-synthetic-s0'")
+    where = fig1.places(frame)
+    assert len(where) == frame.query("epoch == 5 and kind == 'clean'").shape[0]
+    for epoch in (1, 5):
+        attacked = fig1.panel(frame, where, epoch, "attacked").set_index("point")
+        stored = frame.query("epoch == @epoch").pivot(index="point", columns="kind", values="pred")
+        assert (attacked["pred"] == stored["attacked"]).all()  # the network's prediction of the attacked input
+        assert (attacked["changed"] == (stored["attacked"] != stored["clean"])).all()
+        assert (attacked["wrong"] == (attacked["pred"] != attacked["label"])).all()
+        assert attacked[["x", "y"]].equals(where.set_index("point")[["x", "y"]])  # one place per point, every epoch
+    pred, depth = fig1.regions(fig1.panel(frame, where, 5, "attacked"), (*where["x"].agg(["min", "max"]), *where["y"].agg(["min", "max"])))
+    assert set(pred.ravel()) <= set(attacked["pred"]) and depth.max() <= 1
+
+
+@pytest.mark.parametrize("script", ["fig1", "fig2", "report", "spreads"])
+def test_the_analysis_scripts_run_on_a_tiny_run(script: str, run_dir: Path, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "analysis" / f"{script}.py"), str(run_dir), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = {p.name for p in tmp_path.iterdir()}
+    assert written, f"{script}.py wrote nothing"
+    if script == "spreads":
+        table = pd.read_csv(tmp_path / "spreads.csv")
+        row = table[(table["trial"] == "mnist_conv3-synthetic-s1") & (table["space"] == "feature") & (table["epoch"] == 3)].iloc[0]
+        direct = direct_series(run_dir, "mnist_conv3-synthetic-s1", "feature", PAPER_PGD).loc[3]
+        assert row["attack"] == PAPER_PGD and row["DX"] == pytest.approx(direct["DX"]) and row["DP"] == pytest.approx(direct["DP"])
+        assert row["robust_acc"] == pytest.approx(direct["robust_acc"])
 
 
 def test_pair_fractions_count_the_bounds(run_dir: Path) -> None:

@@ -66,7 +66,7 @@ def test_every_pair_satisfies_the_finite_interval_bound() -> None:
     for result in run(TINY):
         p = result.packets
         real = real_pairs(p)
-        assert_bound_holds((p["sx"] * p["sp"])[real], p["bound"][real])
+        assert_bound_holds((p["sx"] * p["sp"])[real], p["bound"][real], p["boundary_term"][real])
 
 
 def test_dimensions_are_drawn_once_and_reused_every_epoch() -> None:
@@ -194,7 +194,7 @@ def test_auto_estimator_walks_relu_nets_exactly() -> None:
     real = real_pairs(result.packets)
     p = result.packets
     assert np.all(p["nodes"][real] >= 2)  # evaluations per dimension: its pieces and the check at b
-    assert_bound_holds((p["sx"] * p["sp"])[real], p["bound"][real])
+    assert_bound_holds((p["sx"] * p["sp"])[real], p["bound"][real], p["boundary_term"][real])
 
 
 def test_unknown_estimator_names_the_choices() -> None:

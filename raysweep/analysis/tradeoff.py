@@ -1,9 +1,12 @@
-"""The trade-off report: how ΔX, ΔP and (robust) accuracy move together over epochs, and how often
-the uncertainty relations hold, from Parquet alone.
+"""The trade-off report's statistics: how ΔX, ΔP and (robust) accuracy move together over epochs,
+how often the uncertainty relations hold, and what the measure itself forces, from Parquet alone.
 
-Correlations are Spearman's rho over epochs, per seed and pooled over seeds, with a
-95% interval from Fisher's z with the Spearman variance 1.06/(n-3) (Fieller,
-Hartley and Pearson, 1957); pooling averages z weighted by n-3.
+Epochs of one training run are a time series, not independent draws: two series that both
+trend over training correlate whatever links them. So per seed the report gives Spearman's
+rho over epochs beside rho of the epoch-to-epoch changes (co-movement beyond the common
+trend), and no interval; across seeds, the seed is the unit: the mean of the per-seed rho
+with a 95% t-interval over seeds on Fisher's z. A seed whose series is constant has no rho
+and is not counted; with fewer than two seeds that have one, no interval exists.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from raysweep.analysis.results import Results
 GROUP = ["run", "arch", "dataset", "space"]
 PAPER_HALF = 0.5  # the paper's Δx·Δp >= 1/2 (Eq. 18)
 BOUND_RTOL = 1e-6  # the finite-interval bound holds to 1e-6 of itself (SPEC 1.3); feature bounds are ~1e-7
+B_ROUNDOFF = 1e-15  # times |B|: the float64 round-off of 1 - B, all a near-flat packet's bound is (B ~ 1)
 FLAT = 0.01  # "nearly flat": sx within 1% of the uniform packet's (b - a)/sqrt(12)
 PAIRS = [("DX", "DP"), ("DX", "test_acc"), ("DX", "robust_acc"), ("DP", "test_acc"), ("DP", "robust_acc")]
 
@@ -47,26 +51,56 @@ def joined(results: Results) -> pd.DataFrame:
     return results.epochs.merge(spreads_by_epoch(results), on=keys, how="inner")
 
 
-def fisher_interval(rho: float, n: int) -> tuple[float, float]:
-    """95% interval for Spearman's rho from n points; NaN if n < 4 or rho undefined."""
-    if n < 4 or not np.isfinite(rho):
-        return math.nan, math.nan
-    z, se = math.atanh(max(min(rho, 0.999999), -0.999999)), math.sqrt(1.06 / (n - 3))
-    return math.tanh(z - 1.96 * se), math.tanh(z + 1.96 * se)
+ACROSS = "across seeds"  # the seed column of the rows that summarise the seeds
 
 
 def correlations(results: Results) -> pd.DataFrame:
-    """Spearman rho of each pair in PAIRS over epochs: per seed, and pooled ("all") per group and attack."""
+    """Per group, attack and pair of PAIRS: one row per seed (n epochs, rho over epochs, rho_changes of
+    the epoch-to-epoch changes) and one row `seed == ACROSS` (n = the seeds with a rho, their mean rho and
+    rho_changes, and lo, hi: a 95% t-interval over those seeds on Fisher's z; NaN below two seeds)."""
     rows = []
     for key, frame in joined(results).groupby(GROUP + ["attack"]):
         for x, y in PAIRS:
             per_seed = []
-            for seed, part in frame.groupby("seed"):
-                rho = _spearman(part[x], part[y])
-                per_seed.append((len(part), rho))
-                rows.append(_row(key, x, y, str(seed), len(part), rho, *fisher_interval(rho, len(part))))
-            rows.append(_row(key, x, y, "all", *_pooled(per_seed)))
+            for seed, part in frame.sort_values("epoch").groupby("seed"):
+                rho, changes = _spearman(part[x], part[y]), _spearman(part[x].diff().iloc[1:], part[y].diff().iloc[1:])
+                per_seed.append((rho, changes))
+                rows.append(_row(key, x, y, str(seed), len(part), rho, changes, math.nan, math.nan))
+            rows.append(_row(key, x, y, ACROSS, *_across(per_seed)))
     return pd.DataFrame(rows)
+
+
+def _across(per_seed: list[tuple[float, float]]) -> tuple[int, float, float, float, float]:
+    """(seeds with a rho, mean rho, mean rho of changes, lo, hi): the t-interval over seeds on z."""
+    usable = [(rho, changes) for rho, changes in per_seed if np.isfinite(rho)]
+    if not usable:
+        return 0, math.nan, math.nan, math.nan, math.nan
+    rho = float(np.mean([r for r, _ in usable]))
+    finite_changes = [c for _, c in usable if np.isfinite(c)]
+    changes = float(np.mean(finite_changes)) if finite_changes else math.nan
+    if len(usable) < 2:
+        return len(usable), rho, changes, math.nan, math.nan
+    z = np.arctanh(np.clip([r for r, _ in usable], -0.999999, 0.999999))
+    half = stats.t.ppf(0.975, len(z) - 1) * z.std(ddof=1) / math.sqrt(len(z))
+    return len(usable), rho, changes, math.tanh(z.mean() - half), math.tanh(z.mean() + half)
+
+
+def flat_spreads(results: Results) -> pd.DataFrame:
+    """Per (run, trial, epoch, space): the headline ΔX beside the value a flat packet forces,
+    ΔX_flat = (Σᵢ (bᵢ - aᵢ)/√12)^½ over the headline's pairs, and their relative distance."""
+    packets = results.packets[results.packets["beta"] > 0].assign(flat=lambda f: (f["b"] - f["a"]) / math.sqrt(12))
+    head = spreads_by_epoch(results)
+    if packets.empty or head.empty:
+        return head.assign(DX_flat=np.nan, distance=np.nan)
+    keys = ["run", "trial", "epoch", "space"]
+    per_class = packets.groupby([*keys, "class"])["flat"].sum().pow(0.5).rename("DX_flat").reset_index()
+    per_class = per_class.merge(packets[["run", "trial", "dataset"]].drop_duplicates(), on=["run", "trial"])
+    mean = per_class.groupby(keys)["DX_flat"].mean().rename("mean")
+    eight = per_class[per_class["class"] == aggregates.HEADLINE_CLASS].set_index(keys)["DX_flat"].rename("eight")
+    both = pd.concat([mean, eight], axis=1).reset_index().merge(head, on=keys)
+    both["DX_flat"] = np.where(both["dataset"].isin(aggregates.MEAN_DATASETS), both["mean"], both["eight"])
+    both["distance"] = (both["DX"] - both["DX_flat"]).abs() / both["DX_flat"]
+    return both.drop(columns=["mean", "eight"])
 
 
 def pair_fractions(results: Results) -> pd.DataFrame:
@@ -81,12 +115,17 @@ def pair_fractions(results: Results) -> pd.DataFrame:
             rows.append({
                 **dict(zip(GROUP, key)), "scope": scope, "pairs": len(part),
                 "paper_half_holds": float((product >= PAPER_HALF).mean()),
-                "finite_bound_holds": float((product >= part["bound"] * (1 - BOUND_RTOL)).mean()),
+                "finite_bound_holds": float(bound_holds(product, part["bound"], part["boundary_term"]).mean()),
                 "nearly_flat": float(((part["sx"] - uniform).abs() <= FLAT * uniform).mean()),
                 "flagged": int(part["flagged"].sum()),  # pairs whose estimated error exceeds the trial's tol
                 "median_product": float(product.median()),
             })
     return pd.DataFrame(rows)
+
+
+def bound_holds(product, bound, boundary_term):
+    """sx·sp >= |1 - B|/2 to 1e-6 of the bound, or to the round-off of 1 - B where B ~ 1 cancels."""
+    return product >= bound * (1 - BOUND_RTOL) - B_ROUNDOFF * abs(boundary_term)
 
 
 def _spearman(x: pd.Series, y: pd.Series) -> float:
@@ -95,16 +134,6 @@ def _spearman(x: pd.Series, y: pd.Series) -> float:
     return float(stats.spearmanr(x, y).statistic)
 
 
-def _pooled(per_seed: list[tuple[int, float]]) -> tuple[int, float, float, float]:
-    usable = [(n, rho) for n, rho in per_seed if n >= 4 and np.isfinite(rho)]
-    total = sum(n for n, _ in per_seed)
-    if not usable:
-        return total, math.nan, math.nan, math.nan
-    weight = sum(n - 3 for n, _ in usable)
-    z = sum((n - 3) * math.atanh(max(min(rho, 0.999999), -0.999999)) for n, rho in usable) / weight
-    se = math.sqrt(1.06 / weight)
-    return total, math.tanh(z), math.tanh(z - 1.96 * se), math.tanh(z + 1.96 * se)
-
-
-def _row(key: tuple, x: str, y: str, seed: str, n: int, rho: float, lo: float, hi: float) -> dict:
-    return {**dict(zip(GROUP + ["attack"], key)), "x": x, "y": y, "seed": seed, "n": n, "rho": rho, "lo": lo, "hi": hi}
+def _row(key: tuple, x: str, y: str, seed: str, n: int, rho: float, changes: float, lo: float, hi: float) -> dict:
+    return {**dict(zip(GROUP + ["attack"], key)), "x": x, "y": y, "seed": seed, "n": n, "rho": rho,
+            "rho_changes": changes, "lo": lo, "hi": hi}
