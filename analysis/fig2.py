@@ -28,28 +28,36 @@ def draw(results: Results, out: Path, fmt: str = "png") -> list[Path]:
     """Accuracy and ΔX-ΔP panels per (run, arch, dataset, space), and the combined grid `fig2`."""
     data = tradeoff.joined(results)
     order = {space: i for i, space in enumerate(SPACES)}  # the paper's order
-    groups = sorted(data.groupby(tradeoff.GROUP), key=lambda kv: (*kv[0][:3], order.get(kv[0][3], 2)))
+    by = tradeoff.groups(results)  # a sweep's trials apart: one row of panels per swept value
+    groups = sorted(data.groupby(by, dropna=False), key=lambda kv: (*map(str, kv[0][:3]), order.get(kv[0][3], 2), *map(str, kv[0][4:])))
     if not groups:
         return []
     paths = []
     for key, frame in groups:
-        stem = "fig2_" + "_".join(safe_name(str(k)) for k in key)
+        stem = "fig2_" + "_".join(safe_name(str(k)) for k in key[:4])
+        stem += "".join(f"_{safe_name(c)}-{safe_name(str(k))}" for c, k in zip(by[4:], key[4:]) if pd.notna(k))
         for panel, draw in (("accuracy", _accuracy), ("spreads", _spreads)):
             fig, ax = plt.subplots(figsize=(5.2, 3.8))
-            draw(ax, frame, key)
+            draw(ax, frame, key, by)
             paths.append(save(fig, out / f"{stem}_{panel}.{fmt}"))
     fig, axes = plt.subplots(len(groups), 2, figsize=(11, 3.9 * len(groups)), squeeze=False)
     for row, (key, frame) in enumerate(groups):
         for col, draw in enumerate((_accuracy, _spreads)):
             ax = axes[row, col]
-            draw(ax, frame, key)
+            draw(ax, frame, key, by)
             ax.text(-0.2, 1.06, chr(ord("A") + 2 * row + col), transform=ax.transAxes, fontsize=14, fontweight="bold")
     paths.append(save(fig, out / f"fig2.{fmt}"))
     return paths
 
 
-def _accuracy(ax: plt.Axes, frame: pd.DataFrame, key: tuple) -> None:
-    run, arch, dataset, space = key
+def _title(key: tuple, by: list[str]) -> str:
+    run, arch, dataset, space = key[:4]
+    swept = "".join(f", {c}={v}" for c, v in zip(by[4:], key[4:]) if pd.notna(v))
+    return f"{arch} on {dataset}{swept}, {space} space"
+
+
+def _accuracy(ax: plt.Axes, frame: pd.DataFrame, key: tuple, by: list[str]) -> None:
+    space = key[3]
     clean = frame.drop_duplicates(["trial", "epoch"]).assign(series="test (clean)", accuracy=lambda f: 100 * f["test_acc"])
     robust = frame.assign(series=lambda f: f["attack"].map(lambda a: _robust_label(a, space, f)),
                           accuracy=lambda f: 100 * f["robust_acc"])
@@ -57,7 +65,7 @@ def _accuracy(ax: plt.Axes, frame: pd.DataFrame, key: tuple) -> None:
     sns.lineplot(data=long, x="epoch", y="accuracy", hue="series", errorbar="sd", ax=ax,
                  palette=sns.color_palette("colorblind", long["series"].nunique()), marker="o", markersize=3)
     seeds = tradeoff.count(frame["trial"].nunique(), "seed")
-    ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(-2, 102), title=f"{arch} on {dataset}, {space} space ({seeds})")
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(-2, 102), title=f"{_title(key, by)} ({seeds})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7, loc="best", title="r: the mean feature range" if space == "feature" else None, title_fontsize=7)
 
@@ -70,8 +78,8 @@ def _robust_label(attack: str, space: str, frame: pd.DataFrame) -> str:
     return f"robust, {attack_label(attack)} × r (= {last:.3g} at the end)"
 
 
-def _spreads(ax: plt.Axes, frame: pd.DataFrame, key: tuple) -> None:
-    run, arch, dataset, space = key
+def _spreads(ax: plt.Axes, frame: pd.DataFrame, key: tuple, by: list[str]) -> None:
+    space = key[3]
     spreads = frame.drop_duplicates(["trial", "epoch"]).sort_values(["trial", "epoch"])
     unit = "pixel units" if space == "pixel" else "feature units"
     for _, part in spreads.groupby("trial"):
@@ -82,7 +90,7 @@ def _spreads(ax: plt.Axes, frame: pd.DataFrame, key: tuple) -> None:
     bar.update_ticks()
     label = spreads["label"].iloc[0]
     ax.set(xlabel=f"ΔX = (Σᵢ Δxᵢ)^½  (√{unit})", ylabel=f"ΔP = (Σᵢ Δpᵢ)^½  (1/√{unit})",
-           title=f"{arch} on {dataset}, {space} space:\nΔX against ΔP, {label} ({tradeoff.count(spreads['trial'].nunique(), 'seed')})")
+           title=f"{_title(key, by)}:\nΔX against ΔP, {label} ({tradeoff.count(spreads['trial'].nunique(), 'seed')})")
     ax.title.set_fontsize(10)
     ax.ticklabel_format(useOffset=False)
 

@@ -53,14 +53,18 @@ def markdown(results: Results, corr: pd.DataFrame, pairs: pd.DataFrame, flat: pd
     ]
     if results.notes:
         lines += ["**Incomplete:**", *[f"- {note}" for note in results.notes], ""]
-    for key, group in corr.groupby(tradeoff.GROUP):
-        run, arch, dataset, space = key
-        pair_row = pairs[(pairs[tradeoff.GROUP] == list(key)).all(axis=1) & (pairs["scope"] == "all epochs")]
-        seeds = results.epochs.query("run == @run and arch == @arch and dataset == @dataset")["seed"].nunique()
-        lines += [f"## {arch} on {dataset}, {space} space ({run}; {tradeoff.count(seeds, 'seed')}; "
+    by = tradeoff.groups(results)
+    trial_keys = [c for c in by if c != "space"]
+    for key, group in corr.groupby(by, dropna=False):
+        run, arch, dataset, space = key[:4]
+        pair_row = tradeoff.select(pairs[pairs["scope"] == "all epochs"], by, key)
+        trial = tuple(v for c, v in zip(by, key) if c != "space")
+        seeds = tradeoff.select(results.epochs, trial_keys, trial)["seed"].nunique()
+        swept = "".join(f", {c}={v}" for c, v in zip(by[4:], key[4:]) if pd.notna(v))
+        lines += [f"## {arch} on {dataset}{swept}, {space} space ({run}; {tradeoff.count(seeds, 'seed')}; "
                   f"{aggregates.headline_label(dataset)})", ""]
         lines += _bounds(pair_row)
-        lines += _forced(flat[(flat[tradeoff.GROUP] == list(key)).all(axis=1)], pair_row, space)
+        lines += _forced(tradeoff.select(flat, by, key), pair_row, space)
         order = results.attack_order(run, group["attack"].unique())
         free = group[(group["attack"] == order[0]) & group["y"].isin(ATTACK_FREE)]  # the same under every attack
         lines += [_direction(free, pair, what, negative, positive, None, space)
@@ -71,9 +75,11 @@ def markdown(results: Results, corr: pd.DataFrame, pairs: pd.DataFrame, flat: pd
             lines += ["", f"### Under {attack}", ""]
             lines += [_direction(rows, pair, what, negative, positive, attack, space)
                       for pair, what, negative, positive in VERDICTS if pair[1] not in ATTACK_FREE]
-            lines.append(_spaces(results, key, attack))
+            lines.append(_spaces(tradeoff.select(results.epochs, trial_keys, trial), attack))
             lines += _table(rows)
         lines.append("")
+    if results.swept:
+        lines += _across(tradeoff.across_trials(results), results.swept)
     if corr.empty:
         lines.append("No epochs with packets yet: nothing to report.")
     lines += ["All correlations, per seed and across seeds, are in correlations.csv.", ""]
@@ -91,6 +97,49 @@ def _table(rows: pd.DataFrame) -> list[str]:
         lines.append(f"| {row['x']} | {row['y']} | {row['seed']} | {n} | {_num(row['rho'])} | "
                      f"{_num(row['rho_changes'])} | {interval} |")
     return lines
+
+
+def _across(table: pd.DataFrame, swept: list[str]) -> list[str]:
+    """The trials of a sweep compared at their last epoch, per space and attack (sweep.csv, sweep.png)."""
+    lines = ["## Across trials (last epoch)", "",
+             f"Trials grouped by {', '.join(swept)}; mean over seeds [95% t-interval over seeds]. The order of the groups "
+             "by robust accuracy is set beside their order by ΔP: with this few groups an order is what the data "
+             "supports, not a correlation.", ""]
+    for (space, attack), part in table.groupby(["space", "attack"], sort=False):
+        part = part.sort_values("robust_acc")
+        lines += [f"### {space} space, under {attack}", "",
+                  f"| {' | '.join(swept)} | seeds | test acc | robust acc | ΔX | ΔP |", "|" + "---|" * (len(swept) + 5)]
+        for _, row in part.iterrows():
+            cells = [_cell(row, m, 100 if "acc" in m else 1) for m in tradeoff.MEASURES]
+            lines.append(f"| {' | '.join(str(row[c]) for c in swept)} | {row['seeds']} | {' | '.join(cells)} |")
+        if len(part) > 1:
+            lines += ["", "- " + _order(part, swept)]
+        lines.append("")
+    return lines
+
+
+def _order(part: pd.DataFrame, swept: list[str]) -> str:
+    """Whether ΔP orders the groups as robust accuracy does (`part` sorted by robust accuracy)."""
+    name = lambda row: " · ".join(str(row[c]) for c in swept)  # noqa: E731
+    if part["robust_acc"].nunique() < len(part):
+        return "Robust accuracy ties between groups: there is no order for ΔP to follow."
+    by_dp = part.sort_values("DP")["robust_acc"].to_numpy()
+    order = ("the same order" if (by_dp == part["robust_acc"].to_numpy()).all() else
+             "the reverse order" if (by_dp == part["robust_acc"].to_numpy()[::-1]).all() else "neither order")
+    text = (f"Robust accuracy rises from {name(part.iloc[0])} to {name(part.iloc[-1])}; ΔP puts the groups in {order}.")
+    lows, highs = part[["robust_acc_lo", "DP_lo"]].to_numpy(), part[["robust_acc_hi", "DP_hi"]].to_numpy()
+    if pd.isna(lows).all():
+        return text + " One seed per group: no interval says whether the order would hold again."
+    dp = part.sort_values("DP")
+    overlap = (lows[1:, 0] <= highs[:-1, 0]).any() or (dp["DP_lo"].to_numpy()[1:] <= dp["DP_hi"].to_numpy()[:-1]).any()
+    return text + (" Neighbouring groups' intervals over seeds overlap, so the order is not settled." if overlap else
+                   " No neighbouring groups' intervals over seeds overlap.")
+
+
+def _cell(row: pd.Series, measure: str, scale: float) -> str:
+    value, lo, hi = (scale * row[measure], scale * row[f"{measure}_lo"], scale * row[f"{measure}_hi"])
+    text = f"{value:.1f}" if scale == 100 else f"{value:.4g}"
+    return text + (f" [{lo:.1f}, {hi:.1f}]" if scale == 100 else f" [{lo:.4g}, {hi:.4g}]") if pd.notna(lo) else text
 
 
 def _num(value: float) -> str:
@@ -175,9 +224,9 @@ def _direction(rows: pd.DataFrame, pair: tuple[str, str], what: str, negative: s
     return text + f"no clear relation: the interval across seeds {interval} spans 0."
 
 
-def _spaces(results: Results, key: tuple, attack: str) -> str:
-    run, arch, dataset, _ = key
-    epochs = results.epochs.query("run == @run and arch == @arch and dataset == @dataset and attack == @attack")
+def _spaces(epochs: pd.DataFrame, attack: str) -> str:
+    """Pixel against feature robust accuracy at the last epoch, from the epochs rows of one group's trials."""
+    epochs = epochs[epochs["attack"] == attack]
     last = epochs[epochs["epoch"] == epochs.groupby("trial")["epoch"].transform("max")]
     by_space = last.groupby("space")[["robust_acc", "eps", "budget_scale"]].mean()
     if {"pixel", "feature"} - set(by_space.index):

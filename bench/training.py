@@ -9,6 +9,9 @@ with the recipe's batch size and augmentation, on generated images of the arch's
 - GPU (where one is visible): whole epochs of the real size (`synthetic:CxHxW:N:16`), one untimed, then the
   median of three, in float32 and in bf16 autocast, both with channels_last as trials feed a GPU
   (`train.step_arithmetic`); these epoch times are measured, not extrapolated.
+Then the training regimes (SPEC 7) against standard training, per architecture on the CPU: the same
+passes under `training=` pgd and trades at the paper's MNIST budget (eps 0.1, 4 steps), each a
+multiple of the standard pass (crafting costs about `steps` extra forward and backward passes).
 """
 
 from __future__ import annotations
@@ -17,6 +20,11 @@ import torch
 
 from common import parser, print_table, setup, timed
 from raysweep.core import data, models, train
+from raysweep.core.regime import STANDARD, Regime, parse_regime
+from raysweep.core.threat import MNIST_PGD
+
+REGIMES = {"standard": Regime(STANDARD), "pgd": parse_regime(MNIST_PGD),
+           "trades": parse_regime("trades:eps=0.1,alpha=0.025,steps=4,beta=6")}
 
 PASSES = {"mnist_conv3": 16, "cifar_conv4": 16, "resnet9": 3}  # timed passes over the 512 images, CPU
 GPU_EPOCHS = 3  # timed whole epochs on a GPU
@@ -24,7 +32,8 @@ EPOCH_IMAGES = {"mnist_conv3": 60_000, "cifar_conv4": 50_000, "resnet9": 50_000}
 SMOKE_IMAGES = 32  # images per pass with --smoke-test
 
 
-def pass_seconds(arch: str, device: torch.device, dataset: str, passes: int, precision: str) -> tuple[float, int, int, bool]:
+def pass_seconds(arch: str, device: torch.device, dataset: str, passes: int, precision: str,
+                 regime: Regime = Regime(STANDARD)) -> tuple[float, int, int, bool]:
     """Median seconds of one train_epoch pass over `dataset`, images per pass, batch size, channels_last."""
     torch.manual_seed(0)
     recipe = train.recipe_for(arch)
@@ -40,7 +49,7 @@ def pass_seconds(arch: str, device: torch.device, dataset: str, passes: int, pre
     seconds, _ = timed(
         lambda: train.train_epoch(
             model, optimizer, scheduler, ds.x_train, ds.y_train, recipe, generator=generator, epoch=0,
-            precision=precision, channels_last=channels_last,
+            precision=precision, channels_last=channels_last, regime=regime,
         ),
         repeats=passes,
     )
@@ -72,6 +81,18 @@ def main() -> None:
         arithmetic = precision + (" + channels_last" if channels_last else "")
         rows.append([arch, device.type, arithmetic, str(batch), str(images * passes), f"{rate:.0f}", epoch])
     print_table(["arch", "device", "arithmetic", "batch", "images timed", "images/s", "epoch s"], rows)
+    print()
+    rows = []
+    for arch, passes in PASSES.items():
+        dataset = f"synthetic:{shapes[arch]}:{SMOKE_IMAGES}:16" if args.smoke_test else f"synthetic:{shapes[arch]}"
+        passes = 1 if args.smoke_test else max(1, passes // 4)
+        base = None
+        for name, regime in REGIMES.items():
+            seconds, images, _, _ = pass_seconds(arch, cpu, dataset, passes, "float32", regime)
+            base = base or seconds
+            rows.append([arch, name, f"{images / seconds:.0f}", f"{EPOCH_IMAGES[arch] * seconds / images:.1f}",
+                         f"{seconds / base:.2f}"])
+    print_table(["arch", "training", "images/s", "epoch s (extrapolated)", "x standard"], rows)
 
 
 if __name__ == "__main__":

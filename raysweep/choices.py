@@ -15,6 +15,7 @@ RULES = ("gauss", "mc")  # estimators that integrate each line with one quadratu
 ESTIMATORS = ("piecewise", *RULES)  # what `core.packets.packet_stats` computes with
 PRECISIONS = ("float32", "bf16")  # arithmetic of a training step's forward pass (`core.train`)
 ATTACKS = ("pgd", "fgsm")  # L-inf attacks (`core.attacks`)
+REGIMES = ("standard", "pgd", "trades")  # how a trial trains (`core.regime`, SPEC 7)
 EXECUTORS = ("ray", "local")  # Ray Tune trials with packet tasks, or everything in-process
 FORMATS = ("png", "svg", "pdf")  # figure files
 AUTO = "auto"  # the config's value for "let raysweep choose" (estimator, precision, device)

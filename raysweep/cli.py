@@ -28,21 +28,28 @@ def _keys_help() -> str:
     defaults = cfg.record(cfg.trial_config())
     lines = []
     for key, (part, _) in cfg.KEYS.items():
+        if key in cfg.INTERNAL:
+            continue
         lines.append(f"  {key:<13} {part or 'trial':<9} default {defaults[key]!r}")
     return "\n".join(lines)
 
 
 _EPILOG = f"""\
 overrides (key=value, applied on top of the preset; arch, dataset and seed take comma lists):
+a key given more than once is swept, and the grid is the product of every swept key
+(values may hold commas: attacks=pgd:eps=8/255,alpha=2/255,steps=4 attacks=fgsm:eps=0.1);
+larger sweeps go in a file: --sweep FILE
   storage       run       the run directory: a path or a pyarrow filesystem URI (same as --out)
 {_keys_help()}
 
-presets: {', '.join(f"{name} ({', '.join(f'{k}={v}' for k, v in values.items())})" for name, values in PRESETS.items())}
+presets: {'; '.join(f"{name} ({' '.join(f'{k}={x}' for k, v in values.items() for x in (v if isinstance(v, list) else [v]))})" for name, values in PRESETS.items())}
 
 examples:
   raysweep run --preset demo
   raysweep run --preset demo dataset=fashion-mnist data_root=/usr/share/datasets/fashion-mnist epochs=10
   raysweep run --preset paper seed=0,1 --out runs/paper
+  raysweep run --preset demo training=standard training=pgd:eps=0.1,alpha=0.025,steps=4 seed=0,1
+  raysweep run --preset robust data_root=/usr/share/datasets/fashion-mnist    # standard vs PGD vs TRADES
   raysweep run --preset paper storage=s3://bucket/runs/paper --address auto
   raysweep status runs/paper
 """
@@ -65,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
     run.add_argument("--out", help="run directory or URI (default: runs/<preset>-<UTC time>)")
+    run.add_argument("--sweep", metavar="FILE",
+                     help="a sweep file (YAML or JSON, like Tune's param_space: {\"lr\": {\"grid_search\": [0.001, 0.01]}}); "
+                          "key=value on the command line replaces a key of the file")
+    run.add_argument("--yes", action="store_true", help=f"run a grid of more than {cfg.MAX_TRIALS} trials")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, see below")
     resume = sub.add_parser("resume", help="continue a stopped or crashed run", description="Continue every unfinished trial of a run from its newest checkpoint.")
     resume.add_argument("run_dir", metavar="RUN", help="the run directory")
@@ -121,9 +132,12 @@ def _check_out_in_job(out: str, given: bool) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     # Everything the command line says is checked before torch, pyarrow or Ray loads.
-    overrides = cfg.parse_overrides(args.overrides)
+    overrides = {**(cfg.sweep_file(args.sweep) if args.sweep else {}), **cfg.parse_overrides(args.overrides)}
     sweep_config = resolve(args.preset, overrides)
     trials = sweep_config.trials()
+    if len(trials) > cfg.MAX_TRIALS and not args.yes:
+        raise UserError(f"the grid has {len(trials)} trials (more than {cfg.MAX_TRIALS}): pass --yes to run them all, "
+                        "or sweep fewer values")
     if args.out and overrides.get("storage") and args.out != overrides["storage"]:
         raise UserError(f"--out {args.out} and storage={overrides['storage']} disagree: give one of them")
     given = args.out or overrides.get("storage")
@@ -240,7 +254,7 @@ def _figures(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from raysweep.scripts import fig1, fig2, report
+    from raysweep.scripts import fig1, fig2, report, sweep
     from raysweep.store import RunStore
 
     script.parse_epochs(args.epochs)
@@ -254,7 +268,7 @@ def _figures(args: argparse.Namespace) -> int:
             out = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         for note in loaded.notes:
             print(f"raysweep: note: {note}", file=sys.stderr)
-        written = report.write(loaded, out) + fig2.draw(loaded, out, args.format)
+        written = report.write(loaded, out) + fig2.draw(loaded, out, args.format) + sweep.draw(loaded, out, args.format)
         if not args.no_tsne:
             written += fig1.draw(loaded, out, args.format, chosen)
         if not (args.out or first.is_local):

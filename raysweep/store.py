@@ -273,6 +273,9 @@ class RunStore:
             if missing:
                 raise ValueError(f"{table} rows lack the columns {missing} of raysweep.schema")
             arrow = pa.Table.from_pandas(frame[file_schema.names], schema=file_schema, preserve_index=False)
+            for extra in [c for c in frame.columns if c not in file_schema.names]:  # a sweep's own fields (SPEC 7)
+                arrow = arrow.append_column(extra, pa.Array.from_pandas(frame[extra]))
+            arrow = arrow.replace_schema_metadata(meta)
             sink = pa.BufferOutputStream()
             pq.write_table(arrow, sink)
             self._write_bytes(self._epoch_path(table, name, epoch, "parquet"), sink.getvalue().to_pybytes())
@@ -291,7 +294,8 @@ class RunStore:
         self.check_layout(table)
         try:
             dataset = ds.dataset(base, filesystem=self.fs, format="parquet", partitioning="hive")
-            table_data = dataset.to_table(columns=[c for c in arrow_schema.names if c in dataset.schema.names])
+            extras = [c for c in dataset.schema.names if c not in SCHEMAS[table].names] if columns is None else []
+            table_data = dataset.to_table(columns=[c for c in arrow_schema.names if c in dataset.schema.names] + extras)
         except (pa.ArrowInvalid, OSError) as exc:
             bad = self.damaged(table) or [base]
             raise UserError(
@@ -310,6 +314,8 @@ class RunStore:
                 "re-run it or point at another run"
             )
         frame = table_data.select(arrow_schema.names).cast(arrow_schema).to_pandas()  # the partition's dictionary -> string
+        for extra in extras:  # a sweep's fields, after the contract's columns
+            frame[extra] = table_data.column(extra).to_pandas()
         keys = [k for k in schema.DATASETS[table].keys if k in frame]
         return frame.sort_values(keys).reset_index(drop=True)
 

@@ -136,6 +136,9 @@ def bad_input_scene(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     lost.mkdir(parents=True)
     table = pa.table({"trial": ["t"]}).replace_schema_metadata({b"raysweep.trial": b"{}"})
     pq.write_table(table, lost / "epoch-0001.parquet")
+    (tmp_path / "empty-grid.yaml").write_text("lr: {grid_search: []}\n")
+    (tmp_path / "unknown.json").write_text('{"epoch": 3}')
+    (tmp_path / "huge.yaml").write_text(f"seed: {{grid_search: {list(range(1001))}}}\n")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

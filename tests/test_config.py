@@ -82,5 +82,5 @@ def test_bad_values_name_the_fix(overrides: dict[str, str], match: str) -> None:
 
 
 def test_unknown_preset_lists_the_presets() -> None:
-    with pytest.raises(UserError, match="demo, paper, smoke"):
+    with pytest.raises(UserError, match="demo, paper, robust, smoke"):
         resolve("fast", {})

@@ -91,11 +91,14 @@ def test_written_files_have_spec_2s_columns_with_their_types(written: RunStore, 
 
 # README's "Presets:" sentence, and what each preset must then be.
 README_PRESETS = ("Presets: `demo` (digits, mnist_conv3, 20 epochs), `paper` (mnist_conv3 on MNIST, cifar_conv4 and resnet9\n"
-                  "on CIFAR-10, 50 epochs, all dimensions), `smoke` (seconds, generated images).")
+                  "on CIFAR-10, 50 epochs, all dimensions), `robust` (mnist_conv3 on Fashion-MNIST trained standard, with PGD\n"
+                  "and with TRADES, 2 seeds, 15 epochs: 6 trials), `smoke` (seconds, generated images).")
 PROMISED = {
     "demo": {"pairs": [("mnist_conv3", "digits")], "epochs": 20},
     "paper": {"pairs": [("mnist_conv3", "mnist"), ("cifar_conv4", "cifar10"), ("resnet9", "cifar10")], "epochs": 50,
               "dims": "all", "attacks": [PAPER_PGD, MNIST_PGD]},  # SPEC 1.5's budgets: 8/255 (Fig. 2) and 0.1
+    "robust": {"pairs": [("mnist_conv3", "fashion-mnist")] * 6, "epochs": 15, "seeds": [0, 1] * 3,
+               "training": ["standard"] * 2 + [MNIST_PGD] * 2 + ["trades:eps=0.1,alpha=0.025,steps=4,beta=6"] * 2},
     "smoke": {"pairs": [("mnist_conv3", "synthetic")]},
 }
 
@@ -112,3 +115,6 @@ def test_presets_are_what_readme_says(preset: str) -> None:
             assert t.packets.dims is None  # all dimensions
         if "attacks" in promised:
             assert [a.source for a in t.attacks] == promised["attacks"]
+    for key, get in (("seeds", lambda t: t.seed), ("training", lambda t: t.train.training)):
+        if key in promised:
+            assert [get(t) for t in trials] == promised[key]

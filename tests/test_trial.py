@@ -47,7 +47,8 @@ def test_epoch_yields_a_row_per_space_and_attack_and_a_packet_per_pair() -> None
             (s, a) for s in ("pixel", "feature") for a in (PAPER_PGD, MNIST_PGD)
         ]
         assert len(result.packets["sx"]) == 2 * 4 * 10  # spaces x K x classes
-        assert all(m["robust_acc"] <= m["test_acc"] for m in result.metrics)
+        # robust <= clean holds by construction; that the attack bites is what could fail:
+        assert all(m["robust_acc"] < m["test_acc"] for m in result.metrics if m["attack"] == MNIST_PGD)
         assert len(result.embeddings["coords"]) == 2 * 16  # clean and attacked points
     feature = [m for m in results[0].metrics if m["space"] == "feature"]
     assert feature[0]["eps"] == pytest.approx(8 / 255 * feature[0]["budget_scale"])

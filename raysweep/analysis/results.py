@@ -13,17 +13,23 @@ from typing import Sequence
 import pandas as pd
 
 from raysweep.errors import UserError
-from raysweep.schema import TABLES
+from raysweep.schema import EPOCHS, TABLES
 from raysweep.store import RunStore
 
 
 @dataclass(frozen=True)
 class Results:
     epochs: pd.DataFrame  # contract columns + run, one row per (run, trial, epoch, space, attack)
-    packets: pd.DataFrame  # contract columns + run + arch, dataset, seed of the trial
+    packets: pd.DataFrame  # contract columns + run + arch, dataset, seed and swept fields of the trial
     embeddings: pd.DataFrame  # contract columns + run
     notes: tuple[str, ...]  # what is missing: partial trials, empty tables
     attacks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per run: its attacks in the configured order
+
+    @property
+    def swept(self) -> list[str]:
+        """The swept config fields of the runs (SPEC 7): the columns of `epochs/` beyond the contract."""
+        contract = {c.name for c in EPOCHS.columns} | {"run"}
+        return [c for c in self.epochs.columns if c not in contract]
 
     def attack_order(self, run: str, present: Sequence[str]) -> list[str]:
         """The attacks of `present` in the order the run's config gives them (any unknown ones last, sorted)."""
@@ -49,7 +55,9 @@ def load(runs: Sequence[str]) -> Results:
             frames[table].append(frame.assign(run=label))
         notes += _missing(label, manifest, tables["epochs"])
     epochs = pd.concat(frames["epochs"], ignore_index=True)
-    trial_info = epochs[["run", "trial", "arch", "dataset", "seed"]].drop_duplicates()
+    contract = {c.name for c in EPOCHS.columns} | {"run"}
+    trial_info = epochs[["run", "trial", "arch", "dataset", "seed", *(c for c in epochs.columns if c not in contract)]]
+    trial_info = trial_info.drop_duplicates(["run", "trial"])
     packets = pd.concat(frames["packets"], ignore_index=True).merge(trial_info, on=["run", "trial"], how="left")
     embeddings = pd.concat(frames["embeddings"], ignore_index=True)
     if epochs.empty:

@@ -28,26 +28,39 @@ FLAT = 0.01  # "nearly flat": sx within 1% of the uniform packet's (b - a)/sqrt(
 PAIRS = [("DX", "DP"), ("DX", "test_acc"), ("DX", "robust_acc"), ("DP", "test_acc"), ("DP", "robust_acc")]
 
 
+def groups(results: Results) -> list[str]:
+    """What the report and Fig. 2 keep apart: run, arch, dataset, space, and every swept field."""
+    return GROUP + results.swept
+
+
+def select(frame: pd.DataFrame, columns: list[str], key: tuple) -> pd.DataFrame:
+    """The rows of `frame` whose `columns` equal `key` (NaN equal to NaN: a field one run did not sweep)."""
+    mask = pd.Series(True, index=frame.index)
+    for column, value in zip(columns, key):
+        mask &= frame[column].isna() if pd.isna(value) else frame[column] == value
+    return frame[mask]
+
+
 def count(n: int, word: str) -> str:
     """'1 seed', '2 seeds'."""
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def spreads_by_epoch(results: Results) -> pd.DataFrame:
-    """ΔX, ΔP per (run, trial, epoch, space), the dataset's headline class, with trial identity."""
+    """ΔX, ΔP per (run, trial, epoch, space), the dataset's headline class, with trial identity and swept fields."""
+    columns = ["run", "trial", "arch", "dataset", "seed", *results.swept, "epoch", "space", "DX", "DP", "label"]
     if results.packets.empty:
-        return pd.DataFrame(columns=["run", "trial", "arch", "dataset", "seed", "epoch", "space", "DX", "DP", "label"])
+        return pd.DataFrame(columns=columns)
     frames = []
     for run, packets in results.packets.groupby("run"):
-        info = packets[["trial", "arch", "seed"]].drop_duplicates()
+        info = packets[["trial", "arch", "seed", *results.swept]].drop_duplicates("trial")
         frames.append(aggregates.headline(packets).merge(info, on="trial").assign(run=run))
-    head = pd.concat(frames, ignore_index=True)
-    return head[["run", "trial", "arch", "dataset", "seed", "epoch", "space", "DX", "DP", "label"]]
+    return pd.concat(frames, ignore_index=True)[columns]
 
 
 def joined(results: Results) -> pd.DataFrame:
     """One row per (run, trial, epoch, space, attack): accuracies with that epoch's ΔX, ΔP."""
-    keys = ["run", "trial", "arch", "dataset", "seed", "epoch", "space"]
+    keys = ["run", "trial", "arch", "dataset", "seed", *results.swept, "epoch", "space"]
     return results.epochs.merge(spreads_by_epoch(results), on=keys, how="inner")
 
 
@@ -58,15 +71,15 @@ def correlations(results: Results) -> pd.DataFrame:
     """Per group, attack and pair of PAIRS: one row per seed (n epochs, rho over epochs, rho_changes of
     the epoch-to-epoch changes) and one row `seed == ACROSS` (n = the seeds with a rho, their mean rho and
     rho_changes, and lo, hi: a 95% t-interval over those seeds on Fisher's z; NaN below two seeds)."""
-    rows = []
-    for key, frame in joined(results).groupby(GROUP + ["attack"]):
+    rows, by = [], groups(results)
+    for key, frame in joined(results).groupby(by + ["attack"], dropna=False):
         for x, y in PAIRS:
             per_seed = []
             for seed, part in frame.sort_values("epoch").groupby("seed"):
                 rho, changes = _spearman(part[x], part[y]), _spearman(part[x].diff().iloc[1:], part[y].diff().iloc[1:])
                 per_seed.append((rho, changes))
-                rows.append(_row(key, x, y, str(seed), len(part), rho, changes, math.nan, math.nan))
-            rows.append(_row(key, x, y, ACROSS, *_across(per_seed)))
+                rows.append(_row(by, key, x, y, str(seed), len(part), rho, changes, math.nan, math.nan))
+            rows.append(_row(by, key, x, y, ACROSS, *_across(per_seed)))
     return pd.DataFrame(rows)
 
 
@@ -103,17 +116,38 @@ def flat_spreads(results: Results) -> pd.DataFrame:
     return both.drop(columns=["mean", "eight"])
 
 
+MEASURES = ["test_acc", "robust_acc", "DX", "DP"]
+
+
+def across_trials(results: Results, epoch: int | None = None) -> pd.DataFrame:
+    """Trials compared (SPEC 7): per run, arch, dataset, swept fields, space and attack, the mean over
+    seeds of test and robust accuracy, ΔX and ΔP at `epoch` (default: each trial's last), with a 95%
+    t-interval over the seeds (`*_lo`, `*_hi`; NaN with one seed) and `seeds`, their number."""
+    data = joined(results)
+    data = data[data["epoch"] == (data.groupby("trial")["epoch"].transform("max") if epoch is None else epoch)]
+    by, rows = [c for c in groups(results)] + ["attack"], []
+    for key, part in data.groupby(by, dropna=False):
+        row = {**dict(zip(by, key)), "epoch": int(part["epoch"].max()), "seeds": int(part["seed"].nunique())}
+        for measure in MEASURES:
+            values = part[measure].dropna().to_numpy(dtype=float)
+            mean = float(values.mean()) if len(values) else math.nan
+            half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+            row.update({measure: mean, f"{measure}_lo": mean - half, f"{measure}_hi": mean + half})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def pair_fractions(results: Results) -> pd.DataFrame:
     """Per group: pairs with a packet, and the fractions that satisfy 1/2, the finite bound, and are nearly flat."""
     packets = results.packets[results.packets["beta"] > 0]
-    rows = []
-    for key, frame in packets.groupby(GROUP):
+    rows, by = [], groups(results)
+    for key, frame in packets.groupby(by, dropna=False):
         last = frame[frame["epoch"] == frame.groupby("trial")["epoch"].transform("max")]
         for scope, part in (("all epochs", frame), ("last epoch", last)):
             product = part["sx"] * part["sp"]
             uniform = (part["b"] - part["a"]) / math.sqrt(12)
             rows.append({
-                **dict(zip(GROUP, key)), "scope": scope, "pairs": len(part),
+                **dict(zip(by, key)), "scope": scope, "pairs": len(part),
                 "paper_half_holds": float((product >= PAPER_HALF).mean()),
                 "finite_bound_holds": float(bound_holds(product, part["bound"], part["boundary_term"]).mean()),
                 "nearly_flat": float(((part["sx"] - uniform).abs() <= FLAT * uniform).mean()),
@@ -134,6 +168,7 @@ def _spearman(x: pd.Series, y: pd.Series) -> float:
     return float(stats.spearmanr(x, y).statistic)
 
 
-def _row(key: tuple, x: str, y: str, seed: str, n: int, rho: float, changes: float, lo: float, hi: float) -> dict:
-    return {**dict(zip(GROUP + ["attack"], key)), "x": x, "y": y, "seed": seed, "n": n, "rho": rho,
+def _row(by: list[str], key: tuple, x: str, y: str, seed: str, n: int, rho: float, changes: float, lo: float,
+         hi: float) -> dict:
+    return {**dict(zip(by + ["attack"], key)), "x": x, "y": y, "seed": seed, "n": n, "rho": rho,
             "rho_changes": changes, "lo": lo, "hi": hi}

@@ -13,7 +13,7 @@ torchattacks PGD example), MNIST Fig. 1 ``pgd:eps=0.1,alpha=0.025,steps=4``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -43,12 +43,21 @@ def _uniform_noise(x: Tensor, eps: float, generator: torch.Generator | None) -> 
     return ((2 * noise - 1) * eps).to(x.device)
 
 
-def _input_gradient(model: nn.Module, x_adv: Tensor, y: Tensor) -> Tensor:
-    """d CE(model(x_adv), y) / d x_adv, leaving every parameter's .grad untouched."""
+def _input_gradient(loss: Callable[[Tensor], Tensor], x_adv: Tensor) -> Tensor:
+    """d loss(x_adv) / d x_adv, leaving every parameter's .grad untouched."""
     x_adv = x_adv.detach().requires_grad_(True)
-    loss = F.cross_entropy(model(x_adv), y)
-    (grad,) = torch.autograd.grad(loss, x_adv)
+    (grad,) = torch.autograd.grad(loss(x_adv), x_adv)
     return grad
+
+
+def _ascend(model: nn.Module, loss: Callable[[Tensor], Tensor], x: Tensor, start: Tensor, *, eps: float,
+            alpha: float, steps: int, lo: Tensor, hi: Tensor) -> Tensor:
+    """`steps` times x_{t+1} = P(x_t + alpha sign(grad loss(x_t))) from `start`, in eval mode."""
+    x_adv = start
+    with eval_mode(model):
+        for _ in range(steps):
+            x_adv = _project(x_adv + alpha * _input_gradient(loss, x_adv).sign(), x, eps, lo, hi)
+    return x_adv.detach()
 
 
 def pgd(
@@ -91,14 +100,31 @@ def pgd(
     x = x.detach()
     lo_t = torch.as_tensor(lo, dtype=x.dtype, device=x.device)
     hi_t = torch.as_tensor(hi, dtype=x.dtype, device=x.device)
-    x_adv = x
-    if random_start:
-        x_adv = _project(x + _uniform_noise(x, eps, generator), x, eps, lo_t, hi_t)
-    with eval_mode(model):
-        for _ in range(steps):
-            step = alpha * _input_gradient(model, x_adv, y).sign()
-            x_adv = _project(x_adv + step, x, eps, lo_t, hi_t)
-    return x_adv.detach()
+    start = _project(x + _uniform_noise(x, eps, generator), x, eps, lo_t, hi_t) if random_start else x
+    return _ascend(model, lambda z: F.cross_entropy(model(z), y), x, start, eps=eps, alpha=alpha, steps=steps,
+                   lo=lo_t, hi=hi_t)
+
+
+TRADES_START = 1e-3  # s.d. of the Gaussian start of TRADES' inner maximisation (Zhang et al.'s code)
+
+
+def trades_examples(
+    model: nn.Module, x: Tensor, *, eps: float, alpha: float, steps: int, lo: Bound = 0.0, hi: Bound = 1.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """TRADES' adversarial inputs (Zhang et al. 2019): from x + N(0, 1e-3²), `steps` signed steps of
+    size alpha up KL(f(x) ‖ f(x')) with f(x)'s probabilities held fixed, each projected onto the
+    eps-ball and the box; eval mode, flags restored. No label is needed."""
+    x = x.detach()
+    lo_t = torch.as_tensor(lo, dtype=x.dtype, device=x.device)
+    hi_t = torch.as_tensor(hi, dtype=x.dtype, device=x.device)
+    with eval_mode(model), torch.no_grad():
+        clean = F.softmax(model(x), dim=1)
+    device = generator.device if generator is not None else x.device
+    noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+    start = _project(x + TRADES_START * noise, x, eps, lo_t, hi_t)
+    kl = lambda z: F.kl_div(F.log_softmax(model(z), dim=1), clean, reduction="sum")  # noqa: E731
+    return _ascend(model, kl, x, start, eps=eps, alpha=alpha, steps=steps, lo=lo_t, hi=hi_t)
 
 
 def fgsm(

@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field
 
 from raysweep.choices import AUTO, ESTIMATORS, PRECISIONS, SPACES, mc_problem, safe_name
+from raysweep.core.regime import STANDARD, parse_regime
 from raysweep.core.threat import PAPER_PGD, Attack, parse_attack
 from raysweep.errors import UserError
 
@@ -54,6 +55,7 @@ class TrainConfig:
     batch_size: int | None = None  # images per step
     weight_decay: float | None = None
     precision: str = AUTO  # training step: auto (float32; bf16 autocast on a GPU where the recipe says it pays: resnet9) | float32 | bf16
+    training: str = STANDARD  # regime: standard | pgd:eps=..,alpha=..,steps=.. (Madry) | trades:eps=..,alpha=..,steps=..,beta=.. (Zhang)
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "epochs", "batch_size")
@@ -63,6 +65,7 @@ class TrainConfig:
             raise UserError(f"weight_decay={self.weight_decay}: must be 0 or more")
         if self.precision not in (AUTO, *PRECISIONS):
             raise UserError(f"precision={self.precision!r}: use one of {', '.join((AUTO, *PRECISIONS))}")
+        parse_regime(self.training)
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,8 @@ class TrialConfig:
     packets: PacketConfig = field(default_factory=PacketConfig)
     embed_points: int = 512  # Fig. 1 material: test points whose features are kept per epoch (0: none)
     resources: Resources = field(default_factory=Resources)
+    swept: tuple[str, ...] = ()  # the keys its sweep varies beyond arch, dataset, seed: columns of epochs/
+    tag: str = ""  # their values, short and path-safe, as the sweep names them (`run.config.SweepConfig`)
 
     def __post_init__(self) -> None:
         if not self.attacks:
@@ -139,7 +144,7 @@ class TrialConfig:
     @property
     def name(self) -> str:
         """Trial name: safe as one path component, unique within a grid."""
-        return safe_name(f"{self.arch}-{self.data.dataset}-s{self.seed}")
+        return safe_name(f"{self.arch}-{self.data.dataset}-s{self.seed}" + (f"-{self.tag}" if self.tag else ""))
 
     @property
     def keeps_embeddings(self) -> bool:

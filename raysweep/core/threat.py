@@ -67,7 +67,7 @@ class Attack:
         return replace(self, eps=self.eps * factor, alpha=self.alpha * factor, source="")  # its own numbers now
 
 
-def _parse_number(key: str, text: str, spec: str) -> Fraction:
+def parse_number(key: str, text: str, spec: str) -> Fraction:
     try:
         return Fraction(text.strip())
     except (ValueError, ZeroDivisionError):
@@ -102,10 +102,10 @@ def parse_attack(spec: str) -> Attack:
     if set(fields) != set(_KEYS[name]):
         keys = ", ".join(_KEYS[name])
         raise UserError(f"attack {spec!r} needs exactly the keys {keys}: e.g. {_SPEC_FORMAT}")
-    eps = float(_parse_number("eps", fields["eps"], spec))
+    eps = float(parse_number("eps", fields["eps"], spec))
     if name == "fgsm":
         return Attack("fgsm", eps, eps, 1, source=spec.strip())
-    steps = _parse_number("steps", fields["steps"], spec)
+    steps = parse_number("steps", fields["steps"], spec)
     if steps.denominator != 1:
         raise UserError(f"attack steps must be an integer, got {fields['steps']!r} in {spec!r}")
-    return Attack("pgd", eps, float(_parse_number("alpha", fields["alpha"], spec)), int(steps), source=spec.strip())
+    return Attack("pgd", eps, float(parse_number("alpha", fields["alpha"], spec)), int(steps), source=spec.strip())

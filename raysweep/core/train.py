@@ -22,7 +22,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from raysweep.core import data
+from raysweep.core import attacks, data
+from raysweep.core.regime import STANDARD, Regime
 from raysweep.choices import PRECISIONS
 from raysweep.errors import UserError
 
@@ -92,6 +93,35 @@ def step_arithmetic(device: torch.device, precision: str, recipe: Recipe, *, ima
     return precision, on_gpu and images
 
 
+def craft(model: nn.Module, x: torch.Tensor, y: torch.Tensor, regime: Regime,
+          generator: torch.Generator | None) -> torch.Tensor | None:
+    """The regime's training inputs against the current weights, crafted in eval mode (BatchNorm's
+    running statistics see no attacked batch while crafting): PGD's or TRADES' examples in the
+    pixel box [0, 1]; None for standard training."""
+    if regime.name == STANDARD:
+        return None
+    a = regime.attack
+    if regime.name == "pgd":
+        return attacks.pgd(model, x, y, eps=a.eps, alpha=a.alpha, steps=a.steps, generator=generator)
+    return attacks.trades_examples(model, x, eps=a.eps, alpha=a.alpha, steps=a.steps, generator=generator)
+
+
+def regime_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, crafted: torch.Tensor | None, regime: Regime,
+                label_smoothing: float = 0.0) -> torch.Tensor:
+    """The loss one training step minimises, the model in train mode:
+    standard CE(f(x), y); pgd CE(f(x_adv), y) (Madry et al. 2018);
+    trades CE(f(x), y) + beta · KL(f(x) ‖ f(x_adv)), KL averaged over the batch (Zhang et al. 2019, Eq. 5)."""
+    ce = lambda logits: nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)  # noqa: E731
+    if regime.name == STANDARD:
+        return ce(model(x))
+    if regime.name == "pgd":
+        return ce(model(crafted))
+    logits = model(x)
+    kl = nn.functional.kl_div(nn.functional.log_softmax(model(crafted), dim=1), nn.functional.softmax(logits, dim=1),
+                              reduction="batchmean")
+    return ce(logits) + regime.beta * kl
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Full batches per epoch (a short last batch is dropped: BatchNorm needs > 1 sample)."""
     return max(1, n // min(batch_size, n))
@@ -110,8 +140,10 @@ def train_epoch(
     stage: str = "train",
     precision: str = "float32",
     channels_last: bool = False,
+    regime: Regime = Regime(STANDARD),
 ) -> float:
-    """One pass over (x, y) in shuffled full batches; returns the mean training loss.
+    """One pass over (x, y) in shuffled full batches under `regime` (`regime_loss`); returns the
+    mean training loss.
 
     precision "bf16" runs forward and loss under bfloat16 autocast (weights and their
     updates stay float32); channels_last feeds image batches in NHWC layout, which the
@@ -139,8 +171,10 @@ def train_epoch(
                 xb = data.augment(xb, flip=recipe.flip, crop=recipe.crop, generator=generator)
             if channels_last and xb.dim() == 4:
                 xb = xb.contiguous(memory_format=torch.channels_last)
+            yb = y[idx]
+            crafted = craft(model, xb, yb, regime, generator)  # eval mode inside, train mode again after
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = nn.functional.cross_entropy(model(xb), y[idx], label_smoothing=recipe.label_smoothing)
+                loss = regime_loss(model, xb, yb, crafted, regime, recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

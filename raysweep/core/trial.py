@@ -20,6 +20,7 @@ from torch import nn
 
 from raysweep.core import attacks, data, features, models, train
 from raysweep.core.config import TrialConfig
+from raysweep.core.regime import parse_regime
 from raysweep.errors import UserError
 from raysweep.core.lines import PacketStats
 from raysweep.core.packets import packet_stats
@@ -110,6 +111,7 @@ class Trial:
         self.recipe = train.recipe_for(
             config.arch, lr=config.train.lr, batch_size=config.train.batch_size, weight_decay=config.train.weight_decay
         )
+        self.regime = parse_regime(config.train.training)
         self.precision, self.channels_last = train.step_arithmetic(
             self.device, config.train.precision, self.recipe, images=self.data.x_train.dim() == 4
         )
@@ -191,7 +193,7 @@ class Trial:
         loss = train.train_epoch(
             self.model, self.optimizer, self.scheduler, self.data.x_train, self.data.y_train, self.recipe,
             generator=self.generator, epoch=self.epoch + 1, precision=self.precision,
-            channels_last=self.channels_last,
+            channels_last=self.channels_last, regime=self.regime,
         )
         self.epoch += 1
         return loss

@@ -18,7 +18,7 @@ from raysweep.analysis import aggregates
 from raysweep.core.config import TrialConfig
 from raysweep.core.trial import EpochResult, PacketRunner, Trial, resolve_device, run_local
 from raysweep.run import allocator
-from raysweep.run.config import record, replace
+from raysweep.run.config import record, replace, swept_columns
 from raysweep.run.progress import Board, Monitor
 from raysweep.schema import TABLES
 from raysweep.store import RunStore
@@ -106,7 +106,8 @@ def write_epoch(store: RunStore, config: TrialConfig, result: EpochResult, table
     frames = {
         "packets": pd.DataFrame(result.packets),
         "embeddings": pd.DataFrame(result.embeddings) if result.embeddings else None,
-        "epochs": pd.DataFrame(result.metrics).assign(arch=config.arch, dataset=config.data.dataset, seed=config.seed),
+        "epochs": pd.DataFrame(result.metrics).assign(arch=config.arch, dataset=config.data.dataset, seed=config.seed)
+        .assign(**{k: v.repeat(len(result.metrics)) for k, v in swept_columns(config).items()}),
     }
     store.write_epoch(config.name, result.epoch, frames, config=record(config), tables=tables)
 
