@@ -53,6 +53,7 @@ def trial_pid(store: RunStore, trial: str) -> int | None:
 
 
 def test_two_trial_grid_on_ray_equals_the_local_executor(ray_2_cpus: Path, tmp_path: Path) -> None:
+    # A grid of two seeds on one Tune grid; the second test sweeps a field instead.
     out = tmp_path / "ray"
     argv = ["run", "--preset", "smoke", "--out", str(out), *(f"{k}={v}" for k, v in GRID.items())]
     assert main(argv) == 0
@@ -60,6 +61,18 @@ def test_two_trial_grid_on_ray_equals_the_local_executor(ray_2_cpus: Path, tmp_p
     assert set(ray_store.read("epochs")["trial"]) == {"mnist_conv3-synthetic-s0", "mnist_conv3-synthetic-s1"}
     assert_same_rows(undisturbed(tmp_path, GRID), ray_store)
     assert main(["status", str(out)]) == 0
+
+
+def test_a_swept_field_runs_as_one_tune_grid_with_the_local_rows(ray_2_cpus: Path, tmp_path: Path) -> None:
+    overrides = {**GRID, "seed": "0", "epochs": "1", "lr": ["0.001", "0.002"]}
+    out = tmp_path / "ray"
+    argv = ["run", "--preset", "smoke", "--out", str(out),
+            *(f"{k}={x}" for k, v in overrides.items() for x in (v if isinstance(v, list) else [v]))]
+    assert main(argv) == 0
+    epochs = RunStore(str(out)).read("epochs")
+    assert set(zip(epochs["trial"], epochs["lr"])) == {("mnist_conv3-synthetic-s0-lr_0.001", 0.001),
+                                                     ("mnist_conv3-synthetic-s0-lr_0.002", 0.002)}
+    assert_same_rows(undisturbed(tmp_path, overrides), RunStore(str(out)))
 
 
 def test_packet_task_whose_worker_dies_is_retried_and_rows_are_whole(ray_2_cpus: Path, tmp_path: Path) -> None:

@@ -114,3 +114,13 @@ def test_figures_compare_the_trials_of_a_sweep_with_seeds_as_the_unit(regimes_ru
     report = (tmp_path / "report.md").read_text()
     assert "## Across trials (last epoch)" in report and "| training | seeds | test acc | robust acc | ΔX | ΔP |" in report
     assert f"## mnist_conv3 on synthetic, training={MNIST_PGD}, pixel space (regimes; 2 seeds; class 8)" in report
+
+
+def test_readmes_sweep_file_runs_as_written(tmp_path: Path) -> None:
+    import readme
+
+    text = readme.section("Using it")
+    (tmp_path / "sweep.yaml").write_text(text.split("```yaml\n")[1].split("```")[0])
+    trials = resolve("demo", cfg.sweep_file(str(tmp_path / "sweep.yaml"))).trials()
+    assert len(trials) == 3 * 2 and {t.train.epochs for t in trials} == {15}
+    assert {t.train.training.split(":")[0] for t in trials} == {"standard", "pgd", "trades"}
