@@ -18,9 +18,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
-import zlib
 import types
 import typing
+import zlib
 from dataclasses import dataclass, field
 
 from raysweep.choices import SPACES, safe_name
