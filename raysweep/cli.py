@@ -235,10 +235,11 @@ def _status(args: argparse.Namespace) -> int:
         return 1
     epochs = run_store.read("epochs")
     flagged = run_store.read("packets", columns=["trial", "flagged"]).groupby("trial")["flagged"].agg(["sum", "size"])
+    width = max([40, *(len(t.name) for t in trials)])  # a sweep's names are longer
     for trial in trials:
         done = run_store.epochs_written(trial.name)
         state = "done" if len(done) >= trial.train.epochs else ("running or stopped" if done else "not started")
-        line = f"{trial.name:<40} {state:<18} epochs {len(done)}/{trial.train.epochs}"
+        line = f"{trial.name:<{width}} {state:<18} epochs {len(done)}/{trial.train.epochs}"
         rows = epochs[(epochs["trial"] == trial.name) & (epochs["space"] == "pixel")]
         if len(rows):
             last = rows[rows["epoch"] == rows["epoch"].max()].iloc[0]
