@@ -158,7 +158,8 @@ def _run(args: argparse.Namespace) -> int:
             tuner.check_placeable(trials)  # before the run exists: an impossible request writes nothing
         run_store.create(provenance.manifest(sweep_config, preset=args.preset, overrides=overrides, executor=args.executor))
         _CURRENT_RUN.append(out)
-        _say(f"raysweep: {len(trials)} trial(s), executor {args.executor} -> {out}")
+        swept = "".join(f"; {k} swept over {len(v)} values" for k, v in sweep_config.swept)
+        _say(f"raysweep: {len(trials)} trial(s){swept}, executor {args.executor} -> {out}")
         _execute(args.executor, run_store, trials, address=args.address, resume=False)
     _say(f"raysweep: done. Results in {out} (status: raysweep status {out})")
     return 0

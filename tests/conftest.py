@@ -57,13 +57,19 @@ def _set_torch_state(state: dict) -> None:
     torch.set_float32_matmul_precision(state["matmul"])
 
 
+@pytest.fixture(scope="session")
+def torch_at_start() -> dict | None:
+    """torch's settings before any test or module fixture ran (session fixtures set up first)."""
+    return _torch_state()
+
+
 @pytest.fixture(autouse=True)
-def restored_process_state():
+def restored_process_state(torch_at_start: dict | None):
     """Later tests see the process as the suite started it: a signal handler left ignored would be
-    inherited by every subprocess a later test starts (a SIGINT it sends would do nothing)."""
+    inherited by every subprocess a later test starts (a SIGINT it sends would do nothing). torch's
+    settings go back to those of the suite's start, since a module's fixture may change them too."""
     environ = dict(os.environ)
     handlers = {sig: signal.getsignal(sig) for sig in SIGNALS}
-    torch_state = _torch_state()
     yield
     # Except what Ray's own init adds (RAY_AUTH_MODE=token and the like): Ray's core reads those once per
     # process, so a later Ray this process starts or joins must see them too, or its actors never start.
@@ -73,8 +79,8 @@ def restored_process_state():
     for sig, handler in handlers.items():
         if signal.getsignal(sig) is not handler:
             signal.signal(sig, handler)
-    if torch_state is not None:
-        _set_torch_state(torch_state)
+    if torch_at_start is not None:
+        _set_torch_state(torch_at_start)
 
 
 @pytest.fixture(autouse=True)

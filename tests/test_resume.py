@@ -17,7 +17,8 @@ from raysweep.cli import main
 from raysweep.run.config import trial_configs
 from raysweep.store import RunStore
 
-RUN = ["run", "--preset", "smoke", "--executor", "local", "epochs=4", "threads=1", "limit_train=96", "limit_test=32"]
+BASE = ["run", "--preset", "smoke", "--executor", "local", "threads=1", "limit_train=96", "limit_test=32"]
+RUN = [*BASE, "epochs=4"]  # (a key given twice would sweep it)
 TRIAL = "mnist_conv3-synthetic-s0"
 
 
@@ -78,7 +79,7 @@ def test_a_checkpoint_from_another_run_is_named_never_resumed_from_and_rebuilt(
     finished: Path, run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     other = tmp_path / "other"
-    assert main([*RUN, "epochs=2", "--out", str(other)]) == 0
+    assert main([*BASE, "epochs=2", "--out", str(other)]) == 0
     capsys.readouterr()
     planted = run / "checkpoints" / TRIAL / "epoch-0004.pt"
     shutil.copy(other / "checkpoints" / TRIAL / "epoch-0002.pt", planted)

@@ -45,10 +45,12 @@ def test_a_sweep_file_in_yaml_or_json_is_the_same_grid_and_the_command_line_repl
     assert len(trials) == 2 and {t.train.lr for t in trials} == {0.1} and {t.train.epochs for t in trials} == {3}
 
 
-def test_every_swept_value_is_a_column_of_epochs_and_in_the_manifest(tmp_path: Path) -> None:
+def test_every_swept_value_is_a_column_of_epochs_and_in_the_manifest(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     assert main(["run", "--preset", "smoke", "--executor", "local", "--out", str(out), *TINY,
                  "training=standard", f"training={TRADES}", "dims=2", "dims=3"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]  # a key given twice sweeps: the run says so first
+    assert first.startswith("raysweep: 4 trial(s); ") and "training swept over 2 values" in first and "dims swept over 2" in first
     epochs = pd.read_parquet(out / "epochs")
     assert {"training", "dims"} <= set(epochs.columns) and epochs["dims"].dtype.kind == "i"
     by_trial = epochs.groupby("trial")[["training", "dims"]].first()
