@@ -51,9 +51,10 @@ def draw(results: Results, out: Path, fmt: str = "png") -> list[Path]:
 
 
 def _title(key: tuple, by: list[str]) -> str:
+    """'arch on dataset, space space', and a sweep's values on a line of their own."""
     run, arch, dataset, space = key[:4]
-    swept = "".join(f", {c}={v}" for c, v in zip(by[4:], key[4:]) if pd.notna(v))
-    return f"{arch} on {dataset}{swept}, {space} space"
+    swept = ", ".join(f"{c}={v}" for c, v in zip(by[4:], key[4:]) if pd.notna(v))
+    return f"{arch} on {dataset}, {space} space" + (f"\n{swept}" if swept else "")
 
 
 def _accuracy(ax: plt.Axes, frame: pd.DataFrame, key: tuple, by: list[str]) -> None:
@@ -66,6 +67,7 @@ def _accuracy(ax: plt.Axes, frame: pd.DataFrame, key: tuple, by: list[str]) -> N
                  palette=sns.color_palette("colorblind", long["series"].nunique()), marker="o", markersize=3)
     seeds = tradeoff.count(frame["trial"].nunique(), "seed")
     ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(-2, 102), title=f"{_title(key, by)} ({seeds})")
+    ax.title.set_fontsize(10 if len(by) == 4 else 8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7, loc="best", title="r: the mean feature range" if space == "feature" else None, title_fontsize=7)
 
@@ -90,8 +92,8 @@ def _spreads(ax: plt.Axes, frame: pd.DataFrame, key: tuple, by: list[str]) -> No
     bar.update_ticks()
     label = spreads["label"].iloc[0]
     ax.set(xlabel=f"ΔX = (Σᵢ Δxᵢ)^½  (√{unit})", ylabel=f"ΔP = (Σᵢ Δpᵢ)^½  (1/√{unit})",
-           title=f"{_title(key, by)}:\nΔX against ΔP, {label} ({tradeoff.count(spreads['trial'].nunique(), 'seed')})")
-    ax.title.set_fontsize(10)
+           title=f"ΔX against ΔP, {label} ({tradeoff.count(spreads['trial'].nunique(), 'seed')}):\n{_title(key, by)}")
+    ax.title.set_fontsize(10 if len(by) == 4 else 8)
     ax.ticklabel_format(useOffset=False)
 
 

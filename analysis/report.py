@@ -102,9 +102,9 @@ def _table(rows: pd.DataFrame) -> list[str]:
 def _across(table: pd.DataFrame, swept: list[str]) -> list[str]:
     """The trials of a sweep compared at their last epoch, per space and attack (sweep.csv, sweep.png)."""
     lines = ["## Across trials (last epoch)", "",
-             f"Trials grouped by {', '.join(swept)}; mean over seeds [95% t-interval over seeds]. The order of the groups "
-             "by robust accuracy is set beside their order by ΔP: with this few groups an order is what the data "
-             "supports, not a correlation.", ""]
+             f"Trials grouped by {', '.join(swept)}; mean over seeds [95% t-interval over seeds]. With this few groups "
+             "the report compares pairs, not a correlation: where two groups' robust accuracies are apart, does ΔP "
+             "move the other way, and are its own intervals apart?", ""]
     for (space, attack), part in table.groupby(["space", "attack"], sort=False):
         part = part.sort_values("robust_acc")
         lines += [f"### {space} space, under {attack}", "",
@@ -119,21 +119,28 @@ def _across(table: pd.DataFrame, swept: list[str]) -> list[str]:
 
 
 def _order(part: pd.DataFrame, swept: list[str]) -> str:
-    """Whether ΔP orders the groups as robust accuracy does (`part` sorted by robust accuracy)."""
+    """How ΔP moves between groups whose robust accuracies are apart (`part` sorted by robust accuracy):
+    for each pair whose 95% intervals over seeds do not overlap, whether ΔP falls or rises from the less
+    to the more robust, and whether ΔP's own intervals are apart too."""
     name = lambda row: " · ".join(str(row[c]) for c in swept)  # noqa: E731
-    if part["robust_acc"].nunique() < len(part):
-        return "Robust accuracy ties between groups: there is no order for ΔP to follow."
-    by_dp = part.sort_values("DP")["robust_acc"].to_numpy()
-    order = ("the same order" if (by_dp == part["robust_acc"].to_numpy()).all() else
-             "the reverse order" if (by_dp == part["robust_acc"].to_numpy()[::-1]).all() else "neither order")
-    text = (f"Robust accuracy rises from {name(part.iloc[0])} to {name(part.iloc[-1])}; ΔP puts the groups in {order}.")
-    lows, highs = part[["robust_acc_lo", "DP_lo"]].to_numpy(), part[["robust_acc_hi", "DP_hi"]].to_numpy()
-    if pd.isna(lows).all():
-        return text + " One seed per group: no interval says whether the order would hold again."
-    dp = part.sort_values("DP")
-    overlap = (lows[1:, 0] <= highs[:-1, 0]).any() or (dp["DP_lo"].to_numpy()[1:] <= dp["DP_hi"].to_numpy()[:-1]).any()
-    return text + (" Neighbouring groups' intervals over seeds overlap, so the order is not settled." if overlap else
-                   " No neighbouring groups' intervals over seeds overlap.")
+    if part["robust_acc_lo"].isna().all():
+        return "One seed per group: no interval says which differences would hold again, so none is read."
+    said, falls, apart = [], 0, 0
+    rows = [row for _, row in part.iterrows()]
+    for i, low in enumerate(rows):
+        for high in rows[i + 1:]:
+            if not high["robust_acc_lo"] > low["robust_acc_hi"]:
+                continue
+            fall = high["DP"] < low["DP"]
+            separate = high["DP_hi"] < low["DP_lo"] or high["DP_lo"] > low["DP_hi"]
+            falls, apart = falls + fall, apart + separate
+            said.append(f"{name(low)} → {name(high)}: robust {100 * low['robust_acc']:.1f}% → {100 * high['robust_acc']:.1f}%, "
+                        f"ΔP {low['DP']:.4g} → {high['DP']:.4g} ({'falls' if fall else 'rises'}; its intervals "
+                        f"{'apart' if separate else 'overlap'})")
+    if not said:
+        return "No two groups' robust accuracies are apart (their intervals over seeds overlap): nothing to order."
+    return (f"Between groups whose robust-accuracy intervals are apart, ΔP falls as robust accuracy rises in {falls} of "
+            f"{len(said)} pairs, with ΔP's own intervals apart in {apart}: " + "; ".join(said) + ".")
 
 
 def _cell(row: pd.Series, measure: str, scale: float) -> str:

@@ -116,6 +116,8 @@ def test_figures_compare_the_trials_of_a_sweep_with_seeds_as_the_unit(regimes_ru
     report = (tmp_path / "report.md").read_text()
     assert "## Across trials (last epoch)" in report and "| training | seeds | test acc | robust acc | ΔX | ΔP |" in report
     assert f"## mnist_conv3 on synthetic, training={MNIST_PGD}, pixel space (regimes; 2 seeds; class 8)" in report
+    orders = [line for line in report.splitlines() if line.startswith(("- Between groups", "- No two groups"))]
+    assert len(orders) == 2  # per space (one attack), a pairwise comparison or why there is none
 
 
 def test_readmes_sweep_file_runs_as_written(tmp_path: Path) -> None:
