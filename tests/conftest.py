@@ -58,13 +58,18 @@ def _set_torch_state(state: dict) -> None:
 
 
 @pytest.fixture(scope="session")
-def torch_at_start() -> dict | None:
-    """torch's settings before any test or module fixture ran (session fixtures set up first)."""
+def process_at_start() -> dict | None:
+    """torch's settings before any test or module fixture ran (session fixtures set up first); and
+    SIGINT caught as Python catches it by default: a suite started in the background of a script
+    (`make test &`) inherits SIGINT ignored, which every subprocess would inherit in turn, so a test's
+    Ctrl-C would do nothing."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     return _torch_state()
 
 
 @pytest.fixture(autouse=True)
-def restored_process_state(torch_at_start: dict | None):
+def restored_process_state(process_at_start: dict | None):
     """Later tests see the process as the suite started it: a signal handler left ignored would be
     inherited by every subprocess a later test starts (a SIGINT it sends would do nothing). torch's
     settings go back to those of the suite's start, since a module's fixture may change them too."""
@@ -79,8 +84,8 @@ def restored_process_state(torch_at_start: dict | None):
     for sig, handler in handlers.items():
         if signal.getsignal(sig) is not handler:
             signal.signal(sig, handler)
-    if torch_at_start is not None:
-        _set_torch_state(torch_at_start)
+    if process_at_start is not None:
+        _set_torch_state(process_at_start)
 
 
 @pytest.fixture(autouse=True)
