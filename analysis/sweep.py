@@ -2,7 +2,9 @@
 group of a sweep's trials (its swept values), the mean over seeds with 95% t-intervals over seeds as
 error bars, and the seeds themselves as faint dots; per space and attack. Also sweep.csv.
 
-    python analysis/sweep.py RUN [RUN ...] [--out DIR] [--format png|svg|pdf]
+    python analysis/sweep.py RUN [RUN ...] [--out DIR] [--format png|svg|pdf] [--at 5,10]
+
+`--at` also compares the trials at those epochs (sweep_epoch-5.png, sweep_epoch-5.csv, ...).
 
 `raysweep figures` draws it with this code when a run sweeps a field beyond seeds; adapt a copy freely.
 The numbers are `raysweep.analysis.tradeoff.across_trials`.
@@ -11,6 +13,7 @@ The numbers are `raysweep.analysis.tradeoff.across_trials`.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -21,19 +24,33 @@ from raysweep.analysis import script, tradeoff
 from raysweep.analysis.plotting import attack_label, save
 from raysweep.analysis.results import Results
 from raysweep.choices import SPACES
+from raysweep.errors import UserError
 
 PANELS = [("robust_acc", "DP"), ("robust_acc", "DX"), ("test_acc", "DP")]
 
 
-def draw(results: Results, out: Path, fmt: str = "png") -> list[Path]:
-    """sweep.csv and sweep.<fmt> (nothing when no field beyond seeds is swept)."""
+def draw(results: Results, out: Path, fmt: str = "png", at: Sequence[int] = ()) -> list[Path]:
+    """sweep.csv and sweep.<fmt> at each trial's last epoch, and sweep_epoch-N.* for each epoch of `at`
+    (nothing when no field beyond seeds is swept)."""
     if not results.swept:
         return []
-    table = tradeoff.across_trials(results)
+    have = sorted(results.epochs["epoch"].unique())
+    missing = [e for e in at if e not in have]
+    if missing:  # before anything is drawn
+        raise UserError(f"--at {missing[0]}: no trial has epoch {missing[0]} (epochs {have[0]}-{have[-1]} are there)")
+    paths = []
+    for epoch in (None, *at):
+        paths += _draw_at(results, out, fmt, epoch)
+    return paths
+
+
+def _draw_at(results: Results, out: Path, fmt: str, epoch: int | None) -> list[Path]:
+    table = tradeoff.across_trials(results, epoch)
+    stem = "sweep" if epoch is None else f"sweep_epoch-{epoch}"
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "sweep.csv", index=False)
+    table.to_csv(out / f"{stem}.csv", index=False)
     data = tradeoff.joined(results)
-    data = data[data["epoch"] == data.groupby("trial")["epoch"].transform("max")]
+    data = data[data["epoch"] == (data.groupby("trial")["epoch"].transform("max") if epoch is None else epoch)]
     table["group"] = _labels(table, results.swept)
     data["group"] = _labels(data, results.swept)
     palette = dict(zip(sorted(table["group"].unique()), sns.color_palette("colorblind", table["group"].nunique())))
@@ -57,8 +74,9 @@ def draw(results: Results, out: Path, fmt: str = "png") -> list[Path]:
             ax.title.set_fontsize(9)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, title=" · ".join(results.swept), loc="upper left", bbox_to_anchor=(1.0, 0.98), fontsize=8)
-    fig.suptitle("Trials compared at the last epoch: mean over seeds, 95% t-interval over seeds, seeds as dots", y=1.0)
-    return [out / "sweep.csv", save(fig, out / f"sweep.{fmt}")]
+    when = "the last epoch" if epoch is None else f"epoch {epoch}"
+    fig.suptitle(f"Trials compared at {when}: mean over seeds, 95% t-interval over seeds, seeds as dots", y=1.0)
+    return [out / f"{stem}.csv", save(fig, out / f"{stem}.{fmt}")]
 
 
 def _labels(frame: pd.DataFrame, swept: list[str]) -> pd.Series:
@@ -72,7 +90,11 @@ def _half(row: pd.Series, measure: str, scale: float = 1.0) -> list[list[float]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    return script.run(__doc__, lambda results, args: draw(results, args.out, args.format), argv)
+    def at(parser) -> None:
+        parser.add_argument("--at", type=lambda text: [int(e) for e in text.split(",")], default=[],
+                            help="epochs to compare the trials at besides the last, e.g. 5,10")
+
+    return script.run(__doc__, lambda results, args: draw(results, args.out, args.format, args.at), argv, extra=at)
 
 
 if __name__ == "__main__":

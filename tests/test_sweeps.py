@@ -128,3 +128,19 @@ def test_readmes_sweep_file_runs_as_written(tmp_path: Path) -> None:
     trials = resolve("demo", cfg.sweep_file(str(tmp_path / "sweep.yaml"))).trials()
     assert len(trials) == 3 * 2 and {t.train.epochs for t in trials} == {15}
     assert {t.train.training.split(":")[0] for t in trials} == {"standard", "pgd", "trades"}
+
+
+def test_trials_are_compared_at_chosen_epochs_too(regimes_run: Path, tmp_path: Path, capsys) -> None:
+    from raysweep.scripts import sweep
+
+    assert sweep.main([str(regimes_run), "--out", str(tmp_path), "--at", "1"]) == 0
+    at_one = pd.read_csv(tmp_path / "sweep_epoch-1.csv")
+    epochs = pd.read_parquet(regimes_run / "epochs").query("epoch == 1 and space == 'feature'")
+    for training, part in epochs.groupby("training"):
+        row = at_one[(at_one["training"] == training) & (at_one["space"] == "feature")].iloc[0]
+        assert row["epoch"] == 1 and row["test_acc"] == pytest.approx(part["test_acc"].mean())
+    assert (tmp_path / "sweep.png").exists() and (tmp_path / "sweep_epoch-1.png").exists()
+    capsys.readouterr()
+    assert sweep.main([str(regimes_run), "--out", str(tmp_path / "none"), "--at", "9"]) == 2
+    assert "--at 9: no trial has epoch 9 (epochs 1-2 are there)" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()

@@ -65,11 +65,16 @@ def arguments(*, epochs: bool = False, parser: argparse.ArgumentParser | None = 
     return p
 
 
-def run(doc: str, draw: Draw, argv: list[str] | None = None, *, epochs: bool = False) -> int:
-    """A script's whole life: parse, load, draw, print each file written; bad input exits 2 in one line."""
+def run(doc: str, draw: Draw, argv: list[str] | None = None, *, epochs: bool = False,
+        extra: Callable[[argparse.ArgumentParser], object] | None = None) -> int:
+    """A script's whole life: parse, load, draw, print each file written; bad input exits 2 in one line.
+    `extra` adds a script's own options to the parser."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[-1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    args = arguments(epochs=epochs, parser=parser).parse_args(argv)
+    arguments(epochs=epochs, parser=parser)
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args(argv)
     prog = os.path.basename(sys.argv[0]) or "analysis"
     from raysweep.store import RunStore
 
