@@ -85,9 +85,7 @@ def draw(results: Results, out: Path, fmt: str = "png", epochs: Sequence[int] = 
         chosen = sorted({min(available, key=lambda e: abs(e - want)) for want in epochs})
         final = available[-1]
         where = places(frame)
-        lo, hi = where[["x", "y"]].min().to_numpy(), where[["x", "y"]].max().to_numpy()
-        pad = 0.05 * (hi - lo)
-        extent = (lo[0] - pad[0], hi[0] + pad[0], lo[1] - pad[1], hi[1] + pad[1])
+        extent = _extent(where, 0.05)
         cols = max(2, len(chosen))
         fig, axes = plt.subplots(3, cols, figsize=(4.2 * cols, 12.8), squeeze=False)
         for ax, kind, letter in ((axes[0, 0], "clean", "A"), (axes[0, 1], "attacked", "B")):
@@ -98,10 +96,7 @@ def draw(results: Results, out: Path, fmt: str = "png", epochs: Sequence[int] = 
             ax.axis("off")
         focus = HEADLINE_CLASS if (frame["label"] == HEADLINE_CLASS).any() else None
         if focus is not None:  # C and D zoom on the class's own points, the same window at every epoch
-            mine = where[where["point"].isin(frame.loc[frame["label"] == focus, "point"])]
-            flo, fhi = mine[["x", "y"]].min().to_numpy(), mine[["x", "y"]].max().to_numpy()
-            fpad = 0.25 * (fhi - flo) + 1e-9
-            focus_extent = (flo[0] - fpad[0], fhi[0] + fpad[0], flo[1] - fpad[1], fhi[1] + fpad[1])
+            focus_extent = _extent(where[where["point"].isin(frame.loc[frame["label"] == focus, "point"])], 0.25)
         for col, epoch in enumerate(chosen):
             for row, kind, letter in ((1, "clean", "C"), (2, "attacked", "D")):
                 if focus is None:
@@ -123,6 +118,13 @@ def draw(results: Results, out: Path, fmt: str = "png", epochs: Sequence[int] = 
         fig.text(0.01, -0.01, CAPTION, fontsize=8, ha="left", va="top", wrap=True)
         paths.append(save(fig, out / f"fig1_{safe_name(run)}_{safe_name(trial)}.{fmt}"))
     return paths
+
+
+def _extent(points: pd.DataFrame, pad: float) -> tuple[float, float, float, float]:
+    """(x0, x1, y0, y1) around the points' places, widened by `pad` of their span on each side."""
+    lo, hi = points[["x", "y"]].min().to_numpy(), points[["x", "y"]].max().to_numpy()
+    margin = pad * (hi - lo) + 1e-9  # one point alone still gets a window
+    return (lo[0] - margin[0], hi[0] + margin[0], lo[1] - margin[1], hi[1] + margin[1])
 
 
 def _counts(points: pd.DataFrame, kind: str) -> str:

@@ -53,7 +53,7 @@ def draw(results: Results, out: Path, fmt: str = "png") -> list[Path]:
 def _title(key: tuple, by: list[str]) -> str:
     """'arch on dataset, space space', and a sweep's values on a line of their own."""
     run, arch, dataset, space = key[:4]
-    swept = ", ".join(f"{c}={v}" for c, v in zip(by[4:], key[4:]) if pd.notna(v))
+    swept = tradeoff.swept_values(by, key)
     return f"{arch} on {dataset}, {space} space" + (f"\n{swept}" if swept else "")
 
 

@@ -60,7 +60,7 @@ def markdown(results: Results, corr: pd.DataFrame, pairs: pd.DataFrame, flat: pd
         pair_row = tradeoff.select(pairs[pairs["scope"] == "all epochs"], by, key)
         trial = tuple(v for c, v in zip(by, key) if c != "space")
         seeds = tradeoff.select(results.epochs, trial_keys, trial)["seed"].nunique()
-        swept = "".join(f", {c}={v}" for c, v in zip(by[4:], key[4:]) if pd.notna(v))
+        swept = f", {values}" if (values := tradeoff.swept_values(by, key)) else ""
         lines += [f"## {arch} on {dataset}{swept}, {space} space ({run}; {tradeoff.count(seeds, 'seed')}; "
                   f"{aggregates.headline_label(dataset)})", ""]
         lines += _bounds(pair_row)
@@ -233,8 +233,7 @@ def _direction(rows: pd.DataFrame, pair: tuple[str, str], what: str, negative: s
 
 def _spaces(epochs: pd.DataFrame, attack: str) -> str:
     """Pixel against feature robust accuracy at the last epoch, from the epochs rows of one group's trials."""
-    epochs = epochs[epochs["attack"] == attack]
-    last = epochs[epochs["epoch"] == epochs.groupby("trial")["epoch"].transform("max")]
+    last = tradeoff.at_epoch(epochs[epochs["attack"] == attack])
     by_space = last.groupby("space")[["robust_acc", "eps", "budget_scale"]].mean()
     if {"pixel", "feature"} - set(by_space.index):
         return "- Feature against pixel attacks: only one space measured."

@@ -38,19 +38,19 @@ def draw(results: Results, out: Path, fmt: str = "png", at: Sequence[int] = ()) 
     missing = [e for e in at if e not in have]
     if missing:  # before anything is drawn
         raise UserError(f"--at {missing[0]}: no trial has epoch {missing[0]} (epochs {have[0]}-{have[-1]} are there)")
+    joined = tradeoff.joined(results)  # once for every epoch drawn
     paths = []
     for epoch in (None, *at):
-        paths += _draw_at(results, out, fmt, epoch)
+        paths += _draw_at(results, joined, out, fmt, epoch)
     return paths
 
 
-def _draw_at(results: Results, out: Path, fmt: str, epoch: int | None) -> list[Path]:
-    table = tradeoff.across_trials(results, epoch)
+def _draw_at(results: Results, joined: pd.DataFrame, out: Path, fmt: str, epoch: int | None) -> list[Path]:
+    table = tradeoff.across_trials(results, epoch, joined)
     stem = "sweep" if epoch is None else f"sweep_epoch-{epoch}"
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / f"{stem}.csv", index=False)
-    data = tradeoff.joined(results)
-    data = data[data["epoch"] == (data.groupby("trial")["epoch"].transform("max") if epoch is None else epoch)]
+    data = tradeoff.at_epoch(joined, epoch)
     table["group"] = _labels(table, results.swept)
     data["group"] = _labels(data, results.swept)
     palette = dict(zip(sorted(table["group"].unique()), sns.color_palette("colorblind", table["group"].nunique())))

@@ -20,11 +20,10 @@ import torch
 
 from common import parser, print_table, setup, timed
 from raysweep.core import data, models, train
-from raysweep.core.regime import STANDARD, Regime, parse_regime
+from raysweep.core.regime import MNIST_TRADES, STANDARD, Regime, parse_regime
 from raysweep.core.threat import MNIST_PGD
 
-REGIMES = {"standard": Regime(STANDARD), "pgd": parse_regime(MNIST_PGD),
-           "trades": parse_regime("trades:eps=0.1,alpha=0.025,steps=4,beta=6")}
+REGIMES = {"standard": Regime(STANDARD), "pgd": parse_regime(MNIST_PGD), "trades": parse_regime(MNIST_TRADES)}
 
 PASSES = {"mnist_conv3": 16, "cifar_conv4": 16, "resnet9": 3}  # timed passes over the 512 images, CPU
 GPU_EPOCHS = 3  # timed whole epochs on a GPU

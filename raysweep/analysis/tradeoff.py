@@ -41,6 +41,19 @@ def select(frame: pd.DataFrame, columns: list[str], key: tuple) -> pd.DataFrame:
     return frame[mask]
 
 
+def swept_values(by: list[str], key: tuple) -> str:
+    """'training=pgd:..., lr=0.01': the swept fields of a group key made by `groups` (empty when none)."""
+    return ", ".join(f"{c}={v}" for c, v in zip(by[len(GROUP):], key[len(GROUP):]) if pd.notna(v))
+
+
+def at_epoch(frame: pd.DataFrame, epoch: int | None = None) -> pd.DataFrame:
+    """The rows of `epoch`, or (None) of each trial's last epoch; a trial is (run, trial) where runs differ."""
+    if epoch is not None:
+        return frame[frame["epoch"] == epoch]
+    trial = ["run", "trial"] if "run" in frame else ["trial"]
+    return frame[frame["epoch"] == frame.groupby(trial)["epoch"].transform("max")]
+
+
 def count(n: int, word: str) -> str:
     """'1 seed', '2 seeds'."""
     return f"{n} {word}" + ("" if n == 1 else "s")
@@ -119,13 +132,13 @@ def flat_spreads(results: Results) -> pd.DataFrame:
 MEASURES = ["test_acc", "robust_acc", "DX", "DP"]
 
 
-def across_trials(results: Results, epoch: int | None = None) -> pd.DataFrame:
+def across_trials(results: Results, epoch: int | None = None, data: pd.DataFrame | None = None) -> pd.DataFrame:
     """Trials compared (SPEC 7): per run, arch, dataset, swept fields, space and attack, the mean over
     seeds of test and robust accuracy, ΔX and ΔP at `epoch` (default: each trial's last), with a 95%
-    t-interval over the seeds (`*_lo`, `*_hi`; NaN with one seed) and `seeds`, their number."""
-    data = joined(results)
-    data = data[data["epoch"] == (data.groupby("trial")["epoch"].transform("max") if epoch is None else epoch)]
-    by, rows = [c for c in groups(results)] + ["attack"], []
+    t-interval over the seeds (`*_lo`, `*_hi`; NaN with one seed) and `seeds`, their number.
+    `data` is `joined(results)` where the caller has it already."""
+    data = at_epoch(joined(results) if data is None else data, epoch)
+    by, rows = groups(results) + ["attack"], []
     for key, part in data.groupby(by, dropna=False):
         row = {**dict(zip(by, key)), "epoch": int(part["epoch"].max()), "seeds": int(part["seed"].nunique())}
         for measure in MEASURES:
@@ -142,8 +155,7 @@ def pair_fractions(results: Results) -> pd.DataFrame:
     packets = results.packets[results.packets["beta"] > 0]
     rows, by = [], groups(results)
     for key, frame in packets.groupby(by, dropna=False):
-        last = frame[frame["epoch"] == frame.groupby("trial")["epoch"].transform("max")]
-        for scope, part in (("all epochs", frame), ("last epoch", last)):
+        for scope, part in (("all epochs", frame), ("last epoch", at_epoch(frame))):
             product = part["sx"] * part["sp"]
             uniform = (part["b"] - part["a"]) / math.sqrt(12)
             rows.append({

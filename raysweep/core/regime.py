@@ -14,11 +14,12 @@ import math
 from dataclasses import dataclass
 
 from raysweep.choices import REGIMES
-from raysweep.core.threat import Attack, parse_number, parse_attack
+from raysweep.core.threat import MNIST_PGD, Attack, parse_attack, parse_number
 from raysweep.errors import UserError
 
 STANDARD = "standard"
-_FORMAT = "standard, pgd:eps=0.1,alpha=0.025,steps=4 or trades:eps=0.1,alpha=0.025,steps=4,beta=6"
+MNIST_TRADES = "trades:eps=0.1,alpha=0.025,steps=4,beta=6"  # TRADES at the paper's MNIST budget, Zhang et al.'s beta
+_FORMAT = f"standard, {MNIST_PGD} or {MNIST_TRADES}"
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def parse_regime(spec: str) -> Regime:
         items = [item for item in body.split(",") if item.strip()]
         betas = [item for item in items if item.partition("=")[0].strip() == "beta"]
         if len(betas) != 1:
-            raise UserError(f"training={spec!r}: trades needs beta once, e.g. {_FORMAT.split(' or ')[1]}")
+            raise UserError(f"training={spec!r}: trades needs beta once, e.g. {MNIST_TRADES}")
         beta = float(parse_number("beta", betas[0].partition("=")[2], spec))
         if not (math.isfinite(beta) and beta >= 0):
             raise UserError(f"training={spec!r}: beta must be a finite number >= 0")

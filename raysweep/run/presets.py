@@ -6,6 +6,7 @@ README's table of presets is checked against this one.
 
 from __future__ import annotations
 
+from raysweep.core.regime import MNIST_TRADES, STANDARD
 from raysweep.core.threat import MNIST_PGD, PAPER_PGD
 from raysweep.errors import UserError
 from raysweep.run.config import GRID_KEYS, RUN_KEYS, SweepConfig, convert, record, trial_config
@@ -40,7 +41,7 @@ PRESETS: dict[str, dict[str, str | list[str]]] = {  # a list sweeps its key
         "dataset": "fashion-mnist",
         "seed": "0,1",
         "epochs": "15",
-        "training": ["standard", MNIST_PGD, "trades:eps=0.1,alpha=0.025,steps=4,beta=6"],
+        "training": [STANDARD, MNIST_PGD, MNIST_TRADES],
         "attacks": f"{MNIST_PGD}+{PAPER_PGD}",
         "dims": "64",
         "head_epochs": "5",
