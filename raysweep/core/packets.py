@@ -16,17 +16,14 @@ B = (b - <x>) psi(b)² - (a - <x>) psi(a)².
 Every value comes with an estimate of its own error (err_sx, err_sp; SPEC 1.3, revised
 2026-12-01). Monte-Carlo: the standard error over independent replicate batches.
 Gauss: GAUSS_SAFETY times the difference to the rule of half the nodes (which costs half
-as many evaluations again). Gauss-Legendre converges erratically where g' jumps (ReLU
-kinks): the bare difference fell short of the true error on a fifth of a ReLU net's
-pairs, 4 times it on 5%, 6 times it on 3-4% (tests/test_errors.py measures the coverage).
-It is safe rather than sharp: it is the error of the half rule, and where the rules
-converge exponentially (smooth nets, before float round-off takes over) that is far above
-the error of the rule reported (measured 10^2 to 10^5 times on sharp softplus nets;
-extrapolating the convergence from a third rule was sharper but covered only 66-94% of the
-pairs). Piecewise: the difference between its sub-piece rule and one of half the nodes
-(no more network evaluations), and its float round-off: PIECE_ROUNDOFF times the line's
-largest relative logit jump at a breakpoint times its pieces (measured against float64
-piecewise: 1.6e-6 to 2.2e-3 relative on sp, within 3.5 times that product).
+as many evaluations again), on an analytic net times the ratio by which the last doubling
+cut the error (`_gauss_error`). Gauss-Legendre converges erratically where g' jumps (ReLU
+kinks): the bare difference fell short of the true error on a fifth of a ReLU net's pairs,
+4 times it on 5%, 6 times it on 3-4% (tests/test_errors.py measures the coverage).
+Piecewise: the difference between its sub-piece rule and one of half the nodes, the effect
+of moving every breakpoint by how far float round-off may have put it (`piecewise.moved`;
+no more network evaluations), and PIECE_ROUNDOFF times the line's largest relative logit
+jump at a breakpoint times its pieces.
 Every estimate has a floor of ROUNDOFF epsilons of the model's dtype, relative: float32
 nets carry round-off of 1e-8 to 2e-5 relative that no comparison of rules can see.
 
@@ -56,9 +53,10 @@ PIECEWISE_ROWS_PER_LINE = 16  # piecewise walks batch_size / this many lines at 
 AUTO_PROBE_LINES = 2  # lines auto probes to choose between piecewise and gauss
 AUTO_MAX_PIECES = 256  # pieces per probed line above which auto takes gauss
 REFINE_CAP = 512  # Gauss nodes per dimension auto refines up to
-GAUSS_SAFETY = 6.0  # gauss error estimate: this times |Q_n - Q_{n/2}| (see the module's docstring)
+GAUSS_SAFETY = 6.0  # gauss error estimate: this times |Q_n - Q_{n/2}| (see `_gauss_error`)
+ANALYTIC_MODULES = (nn.Tanh, nn.Sigmoid, nn.Softplus, nn.GELU, nn.SiLU, nn.Mish)  # activations analytic on the reals
 ROUNDOFF = 16.0  # round-off floor of every estimate, in epsilons of the model's dtype
-PIECE_ROUNDOFF = 4.0  # piecewise: this times a line's largest logit jump times its pieces, relative (`piecewise.stats`)
+PIECE_ROUNDOFF = 4.0  # piecewise: this times a line's largest relative logit jump times its pieces (`piecewise.stats`)
 
 
 def packet_stats(
@@ -90,7 +88,8 @@ def packet_stats(
             ``"gauss"`` (Gauss-Legendre with ``nodes``) or ``"mc"`` (the paper's uniform
             Monte-Carlo, standard errors from ``replicates`` batches of nodes/replicates each).
         nodes: gauss and mc evaluations per dimension inside (a, b) (auto starts gauss there);
-            gauss adds nodes/2 for its error estimate, and every rule 2 at a and b for the bound.
+            gauss adds nodes/2 for its error estimate (and nodes/4 on an `analytic` net), and
+            every rule 2 at a and b for the bound.
         tol: relative error on sx and sp that auto refines gauss to (`PacketStats.misses`).
         loss_clip: clip the loss at this constant (paper supp. footnote 1); not with ``"piecewise"``.
         batch_size: network inputs per pass; sets the peak memory (not len(dims)).
@@ -124,9 +123,10 @@ def packet_stats(
             return _piecewise(model, x_base, dims, a, b, eps, loss_clip=loss_clip, batch_size=batch_size)
         if chosen == "mc":
             return _monte_carlo(model, x_base, dims, a, b, eps, nodes, replicates, loss_clip, batch_size, generator)
-        stats = _gauss(model, x_base, dims, a, b, eps, nodes, loss_clip, batch_size)
+        smooth = analytic(model)
+        stats, half = _gauss(model, x_base, dims, a, b, eps, nodes, loss_clip, batch_size, smooth)
         if estimator == AUTO:
-            stats = _refine(stats, model, x_base, dims, a, b, eps, nodes, tol, loss_clip, batch_size)
+            stats = _refine(stats, half, model, x_base, dims, a, b, eps, nodes, tol, loss_clip, batch_size, smooth)
     return stats
 
 
@@ -168,17 +168,53 @@ def _rule(model, x_base, dims, a, b, method, n, loss_clip, batch_size, generator
     return moments(t, w, g, dg, g_a, g_b, a, b), (t, w, g, dg, g_a, g_b)
 
 
-def _gauss(model, x_base, dims, a, b, eps, n, loss_clip, batch_size) -> PacketStats:
-    """Gauss-Legendre with n nodes; the error GAUSS_SAFETY times the difference to the rule of n/2."""
+def analytic(model: nn.Module) -> bool:
+    """True where the net is known to be analytic in its input: nn.Sequential containers of affine
+    layers and ANALYTIC_MODULES only. There Gauss-Legendre converges geometrically and `_gauss_error`
+    may extrapolate; a container with its own forward could hide a relu, so it counts as not known."""
+    return all(
+        type(module) is nn.Sequential or isinstance(module, piecewise.AFFINE_MODULES + ANALYTIC_MODULES)
+        for module in model.modules()
+    )
+
+
+def _gauss(model, x_base, dims, a, b, eps, n, loss_clip, batch_size, smooth) -> tuple[PacketStats, PacketStats]:
+    """Gauss-Legendre with n nodes, its error from the rule of n/2 (and, on an analytic net, of n/4:
+    `_gauss_error`); returns it and the rule of n/2."""
     fine, _ = _rule(model, x_base, dims, a, b, "gauss", n, loss_clip, batch_size)
     half, _ = _rule(model, x_base, dims, a, b, "gauss", max(1, n // 2), loss_clip, batch_size)
-    evaluations = torch.full(dims.shape, n + max(1, n // 2) + 4, dtype=torch.long)
-    return _with_errors(fine, *_differences(fine, half, GAUSS_SAFETY), eps, evaluations, "gauss")
+    older = _rule(model, x_base, dims, a, b, "gauss", max(1, n // 4), loss_clip, batch_size)[0] if smooth else None
+    evaluations = torch.full(dims.shape, n + max(1, n // 2) + 4 + (max(1, n // 4) + 2 if smooth else 0), dtype=torch.long)
+    return _with_errors(fine, *_gauss_error(fine, half, older), eps, evaluations, "gauss"), half
 
 
-def _refine(stats, model, x_base, dims, a, b, eps, n, tol, loss_clip, batch_size) -> PacketStats:
+def _gauss_error(fine: PacketStats, half: PacketStats, older: PacketStats | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The error of the rule `fine` for sx and sp: GAUSS_SAFETY × |fine - half| (the error of the half
+    rule), times, where the rule before it (`older`, analytic nets only) is given, the ratio
+    |fine - half| / |half - older| (at most 1) by which the last doubling of the nodes cut the error.
+
+    Why not on every net: where g' jumps (ReLU kinks) Gauss-Legendre converges erratically and the
+    ratio of one doubling says little of the next (the scaled estimate covered 78-80% of a ReLU MLP's
+    pairs). On analytic nets the convergence is geometric, and the plain difference, the error of the
+    half rule, is 10^2 to 10^4 times the error of the rule reported (BENCHMARKS.md, "How sharp").
+    """
+    err_sx, err_sp = _differences(fine, half, GAUSS_SAFETY)
+    if older is None:
+        return err_sx, err_sp
+    ratio = lambda name: _ratio(getattr(fine, name), getattr(half, name), getattr(older, name))  # noqa: E731
+    return err_sx * ratio("sx"), err_sp * ratio("sp")
+
+
+def _ratio(fine: torch.Tensor, half: torch.Tensor, older: torch.Tensor) -> torch.Tensor:
+    """|fine - half| / |half - older|, at most 1 (and 1 where the rules before agree exactly)."""
+    last, before = (fine - half).abs(), (half - older).abs()
+    return torch.where(before > 0, last / before, 1.0).clamp(max=1.0)
+
+
+def _refine(stats, half, model, x_base, dims, a, b, eps, n, tol, loss_clip, batch_size, smooth) -> PacketStats:
     """Double the nodes of every dimension that misses `tol` until it meets it or reaches REFINE_CAP;
-    the error of each new rule is taken from the one before (so only the new rule is evaluated)."""
+    the error of each new rule is taken from the ones before (`_gauss_error`; only the new rule is
+    evaluated)."""
     width = (b - a).cpu()
     while 2 * n <= REFINE_CAP:
         redo = stats.misses(tol, width).any(1)
@@ -188,8 +224,9 @@ def _refine(stats, model, x_base, dims, a, b, eps, n, tol, loss_clip, batch_size
         rows = redo.nonzero().squeeze(1).to(dims.device)
         fine, _ = _rule(model, x_base, dims[rows], a[rows], b[rows], "gauss", n, loss_clip, batch_size)
         before = stats.part(redo)
-        refined = _with_errors(fine, *_differences(fine, before, GAUSS_SAFETY), eps, before.evaluations + n + 2, "gauss")
-        stats = stats.with_part(redo, refined)
+        errors = _gauss_error(fine, before, half.part(redo) if smooth else None)
+        refined = _with_errors(fine, *errors, eps, before.evaluations + n + 2, "gauss")
+        stats, half = stats.with_part(redo, refined), half.with_part(redo, before)
     return stats
 
 
@@ -212,10 +249,11 @@ def _piecewise(model, x_base, dims, a, b, eps, *, loss_clip, batch_size) -> Pack
     lines = max(1, batch // PIECEWISE_ROWS_PER_LINE)
     parts = []
     for i in range(0, max(dims.numel(), 1), lines):
-        fine, half, slack = piecewise.stats(model, x_base, dims[i : i + lines], a[i : i + lines], b[i : i + lines],
-                                            loss_clip=loss_clip, batch_size=batch)
-        parts.append(_with_errors(fine, *_differences(fine, half, 1.0), eps, fine.evaluations, "piecewise",
-                                  slack=PIECE_ROUNDOFF * slack))
+        fine, half, shifted, slack = piecewise.stats(model, x_base, dims[i : i + lines], a[i : i + lines],
+                                                     b[i : i + lines], loss_clip=loss_clip, batch_size=batch)
+        (rule_sx, rule_sp), (place_sx, place_sp) = _differences(fine, half, 1.0), _differences(fine, shifted, 1.0)
+        parts.append(_with_errors(fine, torch.maximum(rule_sx, place_sx), torch.maximum(rule_sp, place_sp), eps,
+                                  fine.evaluations, "piecewise", slack=PIECE_ROUNDOFF * slack))
     return PacketStats(**{
         f.name: torch.cat([getattr(p, f.name) for p in parts]) if isinstance(getattr(parts[0], f.name), torch.Tensor)
         else getattr(parts[0], f.name)
