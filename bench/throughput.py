@@ -5,9 +5,11 @@
 Per architecture (random init, eval mode, float32, base point: a smooth mean image):
 - limit: network rows/s of torch.func.jvp(model, (x,), (tangent,)) with one-hot coordinate tangents,
   at the batch the gauss packet stage runs (the default batch, or all its rows if fewer);
-- packet stage: raysweep.core.packets.packet_stats for gauss (32 nodes) and piecewise on K dimensions;
-  pairs/s (pairs = K x 10 classes), network rows/s (gauss: K x 34 rows; piecewise: its evaluations)
-  and limit / stage rows/s (the SPEC's target on a GPU: within 2x);
+- packet stage: raysweep.core.packets.packet_stats for gauss (32 nodes), piecewise and auto (error
+  control on: tol 1e-2, on the paper's pixel interval [0, 1] whatever the architecture's width) on K
+  dimensions; pairs/s (pairs = K x 10 classes), network rows/s (every evaluation: gauss's half rule for
+  its error estimate, auto's probe is not counted but timed, its refinement is) and limit / stage rows/s
+  (the SPEC's target on a GPU: within 2x);
 - forward+JVP rows/s against the batch size, and the batch packet_stats picks by itself here.
 Times are medians of --repeats runs after one warm-up run. On a GPU the sizes are larger (GPU_SIZES:
 every pixel of mnist_conv3 and cifar_conv4) and both the limit and the stage run in true float32 (no TF32).
@@ -70,7 +72,7 @@ def jvp_rows_per_s(model: nn.Module, x_base: torch.Tensor, batch: int, repeats: 
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--estimators", default="gauss,piecewise", help="comma list of the packet estimators to time")
+    p.add_argument("--estimators", default="gauss,piecewise,auto", help="comma list of the packet estimators to time")
     p.add_argument("--archs", default=None, help="comma list of architectures (default: all)")
     args = p.parse_args()
     setup(args.threads)
@@ -83,23 +85,24 @@ def main() -> None:
         model, x_base = model_and_base(arch)
         default = default_batch(model, x_base)
         dims = torch.randperm(x_base.numel(), generator=torch.Generator().manual_seed(1))[: sizes.dims]
-        a, b = interval(x_base, dims, sizes.width)
         pairs = sizes.dims * 10
         gauss_rows = sizes.dims * (NODES + 2)
         batch = min(default, gauss_rows)
         limit = jvp_rows_per_s(model, x_base, batch, repeats, warmup)
         stage_rows.append([arch, "fwd+jvp limit", "", "", str(batch), "", "", f"{limit:.0f}", ""])
         for estimator in args.estimators.split(","):
+            width = 1.0 if estimator == "auto" else sizes.width
+            lo, hi = interval(x_base, dims, width)
             seconds, stats = timed(
-                lambda: packet_stats(model, x_base, dims, a, b, estimator=estimator, nodes=NODES, batch_size=default),
+                lambda: packet_stats(model, x_base, dims, lo, hi, estimator=estimator, nodes=NODES, batch_size=default),
                 repeats=repeats,
                 warmup=warmup,
             )
-            rows = int(stats.evaluations.sum()) if stats.evaluations is not None else gauss_rows
-            label = f"gauss {NODES}" if estimator == "gauss" else "piecewise"
-            walk_batch = str(batch) if estimator == "gauss" else f"<={min(sizes.dims, default // PIECEWISE_ROWS_PER_LINE)}"
+            rows = int(stats.evaluations.sum())
+            label = {"gauss": f"gauss {NODES}", "auto": f"auto -> {stats.estimator}"}.get(estimator, estimator)
+            walk_batch = str(batch) if stats.estimator == "gauss" else f"<={min(sizes.dims, default // PIECEWISE_ROWS_PER_LINE)}"
             stage_rows.append([
-                arch, label, str(sizes.dims), f"{sizes.width:g}", walk_batch, f"{seconds:.3f}", f"{pairs / seconds:.0f}",
+                arch, label, str(sizes.dims), f"{width:g}", walk_batch, f"{seconds:.3f}", f"{pairs / seconds:.0f}",
                 f"{rows / seconds:.0f}", f"{limit / (rows / seconds):.1f}",
             ])
             print("# " + " | ".join(stage_rows[-1]), f"(limit {limit:.0f} rows/s)", flush=True)

@@ -19,6 +19,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         ("scaling.py", "ms/dim"),
         ("estimator.py", "evals/pair"),
         ("accuracy.py", "estimate covers"),
+        ("estimates.py", "median estimate/true"),
         ("epoch.py", "feature head"),
         ("head.py", "test acc"),
         ("ray_overhead.py", "ratio ray/local"),
