@@ -173,7 +173,8 @@ def analytic(model: nn.Module) -> bool:
     layers and ANALYTIC_MODULES only. There Gauss-Legendre converges geometrically and `_gauss_error`
     may extrapolate; a container with its own forward could hide a relu, so it counts as not known."""
     return all(
-        type(module) is nn.Sequential or isinstance(module, piecewise.AFFINE_MODULES + ANALYTIC_MODULES)
+        type(module) is nn.Sequential if next(module.children(), None) is not None
+        else isinstance(module, piecewise.AFFINE_MODULES + ANALYTIC_MODULES)
         for module in model.modules()
     )
 
