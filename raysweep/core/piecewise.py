@@ -310,11 +310,14 @@ def stats(
     """Packets from the exact linear pieces of a ReLU/MaxPool net (found by `walk`): with PIECE_NODES
     Gauss nodes per sub-piece; with half as many (the quadrature's error; no more network evaluations);
     with every breakpoint moved on by PLACE_SAFETY times how far round-off may have put it (`moved`);
-    and each line's largest relative logit jump at a breakpoint times its pieces.
+    and each line's largest relative logit jump at a breakpoint times its pieces (a slope is a logit
+    difference over a piece's width; pieces are about (b - a)/count wide, so the jump's share of a slope
+    grows with the count: on resnet9 in float32, 657 pieces on 0.1 of pixel, jump 1e-6, sp off by 2e-3).
     """
     pieces = walk(model, x_base, dims, a, b)
     run = lambda forms, q: _integrate(forms, a, b, q, loss_clip, batch_size)  # noqa: E731
-    return run(pieces, PIECE_NODES), run(pieces, PIECE_NODES // 2), run(moved(pieces, PLACE_SAFETY), PIECE_NODES), pieces.gap * pieces.count
+    shifted = run(moved(pieces, PLACE_SAFETY), PIECE_NODES)
+    return run(pieces, PIECE_NODES), run(pieces, PIECE_NODES // 2), shifted, pieces.gap * pieces.count
 
 
 def moved(pieces: Pieces, factor: float) -> Pieces:
