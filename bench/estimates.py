@@ -17,6 +17,8 @@ true error is above that; the worst true relative error.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -95,11 +97,10 @@ def piecewise_rows(smoke: bool) -> list[list[str]]:
     for arch, dataset in setups:
         model, x_base = trained_model(arch, dataset, 1, 128)
         dims = central_pixels(x_base.shape, 2 if smoke else 6)
-        wide, x_wide = model.double(), x_base.double()
+        wide, x_wide = copy.deepcopy(model).double(), x_base.double()
         for width in (0.1,) if smoke else (1.0, 0.1, 0.01):
             ref = packet_stats(wide, x_wide, dims, 0.0, width, estimator="piecewise")
-            stats = packet_stats(model.float(), x_base, dims, 0.0, width, estimator="piecewise")
-            model.double()
+            stats = packet_stats(model, x_base, dims, 0.0, width, estimator="piecewise")
             rows.append([arch, f"[0, {width:g}]", *score([(stats, ref)])])
     return rows
 

@@ -182,11 +182,10 @@ def analytic(model: nn.Module) -> bool:
 def _gauss(model, x_base, dims, a, b, eps, n, loss_clip, batch_size, smooth) -> tuple[PacketStats, PacketStats]:
     """Gauss-Legendre with n nodes, its error from the rule of n/2 (and, on an analytic net, of n/4:
     `_gauss_error`); returns it and the rule of n/2."""
-    fine, _ = _rule(model, x_base, dims, a, b, "gauss", n, loss_clip, batch_size)
-    half, _ = _rule(model, x_base, dims, a, b, "gauss", max(1, n // 2), loss_clip, batch_size)
-    older = _rule(model, x_base, dims, a, b, "gauss", max(1, n // 4), loss_clip, batch_size)[0] if smooth else None
-    evaluations = torch.full(dims.shape, n + max(1, n // 2) + 4 + (max(1, n // 4) + 2 if smooth else 0), dtype=torch.long)
-    return _with_errors(fine, *_gauss_error(fine, half, older), eps, evaluations, "gauss"), half
+    sizes = [n, max(1, n // 2)] + ([max(1, n // 4)] if smooth else [])
+    fine, half, *older = [_rule(model, x_base, dims, a, b, "gauss", m, loss_clip, batch_size)[0] for m in sizes]
+    evaluations = torch.full(dims.shape, sum(m + 2 for m in sizes), dtype=torch.long)  # every rule adds a and b
+    return _with_errors(fine, *_gauss_error(fine, half, older[0] if older else None), eps, evaluations, "gauss"), half
 
 
 def _gauss_error(fine: PacketStats, half: PacketStats, older: PacketStats | None) -> tuple[torch.Tensor, torch.Tensor]:
