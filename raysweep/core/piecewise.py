@@ -315,9 +315,9 @@ def stats(
     grows with the count: on resnet9 in float32, 657 pieces on 0.1 of pixel, jump 1e-6, sp off by 2e-3).
     """
     pieces = walk(model, x_base, dims, a, b)
-    run = lambda forms, q: _integrate(forms, a, b, q, loss_clip, batch_size)  # noqa: E731
-    shifted = run(moved(pieces, PLACE_SAFETY), PIECE_NODES)
-    return run(pieces, PIECE_NODES), run(pieces, PIECE_NODES // 2), shifted, pieces.gap * pieces.count
+    fine, half = _integrate(pieces, a, b, (PIECE_NODES, PIECE_NODES // 2), loss_clip, batch_size)
+    (shifted,) = _integrate(moved(pieces, PLACE_SAFETY), a, b, (PIECE_NODES,), loss_clip, batch_size)
+    return fine, half, shifted, pieces.gap * pieces.count
 
 
 def moved(pieces: Pieces, factor: float) -> Pieces:
@@ -336,9 +336,10 @@ def moved(pieces: Pieces, factor: float) -> Pieces:
     return replace(pieces, start=start, end=end)
 
 
-def _integrate(pieces: Pieces, a: torch.Tensor, b: torch.Tensor, q: int, loss_clip: float | None,
-               batch_size: int) -> PacketStats:
-    """The packets of these affine pieces, with q Gauss-Legendre nodes per sub-piece.
+def _integrate(pieces: Pieces, a: torch.Tensor, b: torch.Tensor, nodes: tuple[int, ...], loss_clip: float | None,
+               batch_size: int) -> list[PacketStats]:
+    """The packets of these affine pieces, once for each q in `nodes` Gauss-Legendre nodes per sub-piece
+    (the sub-pieces and the losses at a and b are laid out once for all of them).
 
     Each piece's logits are exactly affine in t, so g and g' are closed-form there;
     pieces are cut into sub-pieces over which no logit difference changes by more
@@ -362,26 +363,31 @@ def _integrate(pieces: Pieces, a: torch.Tensor, b: torch.Tensor, q: int, loss_cl
     z_b = pieces.z[ends, last] + (b - pieces.at[ends, last])[:, None] * pieces.v[ends, last]
     g_a, _ = loss_and_slope(z_a, pieces.v[:, 0], loss_clip=loss_clip)
     g_b, _ = loss_and_slope(z_b, pieces.v[ends, last], loss_clip=loss_clip)
-    t, w = quadrature.rule("gauss", q, lo, lo + h)  # (S, q)
-    v = pieces.v.reshape(D * P, C)[owner][:, None, :]  # (S, 1, C)
-    z = pieces.z.reshape(D * P, C)[owner][:, None, :] + (t - pieces.at.reshape(-1)[owner][:, None])[..., None] * v
-    z, v = z.reshape(-1, C), v.expand_as(z).reshape(-1, C)
-    parts = [loss_and_slope(zc, vc, loss_clip=loss_clip) for zc, vc in zip(z.split(batch_size), v.split(batch_size))]
-    g, dg = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    # Back to (D, nodes) per line, padding with zero weights.
+    z_owner, v_owner = pieces.z.reshape(D * P, C)[owner][:, None, :], pieces.v.reshape(D * P, C)[owner][:, None, :]
+    at_owner = pieces.at.reshape(-1)[owner][:, None]  # (S, 1, C), (S, 1, C), (S, 1)
+    # Back to (D, nodes) per line, padding with zero weights: each sub-piece's line and slot in it.
     line = owner // P
     per_line = torch.bincount(line, minlength=D)
     slot = _rank_within(line, per_line)
-    cols = (slot[:, None] * q + torch.arange(q, device=a.device)).reshape(-1)
-    rows = line.repeat_interleave(q)
-    n = max(int(per_line.max()) if per_line.numel() else 0, 1) * q  # a line without pieces (a == b): NaN rows
-    T = torch.zeros(D, n, dtype=torch.float64, device=a.device)
-    W = torch.zeros_like(T)
-    G = torch.zeros(D, n, C, dtype=torch.float64, device=a.device)
-    DG = torch.zeros_like(G)
-    T[rows, cols], W[rows, cols] = t.reshape(-1), w.reshape(-1)
-    G[rows, cols], DG[rows, cols] = g.view(-1, C), dg.view(-1, C)
-    return replace(moments(T, W, G, DG, g_a, g_b, a, b), evaluations=pieces.evaluations.cpu())
+
+    def integrate(q: int) -> PacketStats:
+        t, w = quadrature.rule("gauss", q, lo, lo + h)  # (S, q)
+        z = z_owner + (t - at_owner)[..., None] * v_owner
+        z, v = z.reshape(-1, C), v_owner.expand_as(z).reshape(-1, C)
+        parts = [loss_and_slope(zc, vc, loss_clip=loss_clip) for zc, vc in zip(z.split(batch_size), v.split(batch_size))]
+        g, dg = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        cols = (slot[:, None] * q + torch.arange(q, device=a.device)).reshape(-1)
+        rows = line.repeat_interleave(q)
+        n = max(int(per_line.max()) if per_line.numel() else 0, 1) * q  # a line without pieces (a == b): NaN rows
+        T = torch.zeros(D, n, dtype=torch.float64, device=a.device)
+        W = torch.zeros_like(T)
+        G = torch.zeros(D, n, C, dtype=torch.float64, device=a.device)
+        DG = torch.zeros_like(G)
+        T[rows, cols], W[rows, cols] = t.reshape(-1), w.reshape(-1)
+        G[rows, cols], DG[rows, cols] = g.view(-1, C), dg.view(-1, C)
+        return replace(moments(T, W, G, DG, g_a, g_b, a, b), evaluations=pieces.evaluations.cpu())
+
+    return [integrate(q) for q in nodes]
 
 
 def _rank_within(group: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
