@@ -35,7 +35,7 @@ def draw(results: Results, out: Path, fmt: str = "png") -> list[Path]:
     paths = []
     for key, frame in groups:
         stem = "fig2_" + "_".join(safe_name(str(k)) for k in key[:4])
-        stem += "".join(f"_{safe_name(c)}-{safe_name(str(k))}" for c, k in zip(by[4:], key[4:]) if pd.notna(k))
+        stem += "".join(f"_{safe_name(c)}-{safe_name(str(v))}" for c, v in tradeoff.swept_fields(by, key))
         for panel, draw in (("accuracy", _accuracy), ("spreads", _spreads)):
             fig, ax = plt.subplots(figsize=(5.2, 3.8))
             draw(ax, frame, key, by)

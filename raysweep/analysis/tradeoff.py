@@ -41,9 +41,15 @@ def select(frame: pd.DataFrame, columns: list[str], key: tuple) -> pd.DataFrame:
     return frame[mask]
 
 
+def swept_fields(by: list[str], key: tuple) -> list[tuple[str, object]]:
+    """(field, value) of each swept field of a group key made by `groups`, leaving out those the key's run
+    did not sweep (NaN)."""
+    return [(c, v) for c, v in zip(by[len(GROUP):], key[len(GROUP):]) if pd.notna(v)]
+
+
 def swept_values(by: list[str], key: tuple) -> str:
     """'training=pgd:..., lr=0.01': the swept fields of a group key made by `groups` (empty when none)."""
-    return ", ".join(f"{c}={v}" for c, v in zip(by[len(GROUP):], key[len(GROUP):]) if pd.notna(v))
+    return ", ".join(f"{c}={v}" for c, v in swept_fields(by, key))
 
 
 def at_epoch(frame: pd.DataFrame, epoch: int | None = None) -> pd.DataFrame:
